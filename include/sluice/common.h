@@ -1,0 +1,66 @@
+/*
+ * common.h - the few definitions every sluice module shares: assertions,
+ * parser return codes, branch hints and small helpers.
+ *
+ * Return conventions (STYLE.md habit 3):
+ *   - syscall-like functions return 0 or a negative errno;
+ *   - parsers return the number of bytes consumed, or SL_INCOMPLETE (more
+ *     input needed) or SL_ERROR (input rejected; details in an out struct).
+ */
+#ifndef SLUICE_COMMON_H
+#define SLUICE_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#define SL_ERROR (-1)
+#define SL_INCOMPLETE (-2)
+
+#define SL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SL_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SL_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SL_UNUSED __attribute__((unused))
+#define SL_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* Called by a failed assertion: prints where and aborts. Never returns. */
+__attribute__((noreturn, cold)) void sl_assert_fail(const char *expr, const char *file, int line);
+
+/* SL_ASSERT stays on in every build: state-machine and pool invariants.
+ * SL_ASSERT_HOT is for inner loops and is compiled out unless SL_DEBUG. */
+#define SL_ASSERT(e) ((SL_LIKELY(e)) ? (void)0 : sl_assert_fail(#e, __FILE__, __LINE__))
+#ifdef SL_DEBUG
+#define SL_ASSERT_HOT(e) SL_ASSERT(e)
+#else
+#define SL_ASSERT_HOT(e) ((void)0)
+#endif
+
+/* A borrowed byte range; never owns memory. */
+struct sl_str {
+	const char *ptr;
+	size_t len;
+};
+#define SL_STR(lit) ((struct sl_str){ (lit), sizeof(lit) - 1 })
+
+/* Case-insensitive ASCII comparison of a[0..len) with the NUL-free literal b
+ * of the same length. Returns true when equal. */
+static inline bool sl_ascii_ieq(const char *a, const char *b, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+		if (x - 'A' < 26u)
+			x |= 0x20;
+		if (y - 'A' < 26u)
+			y |= 0x20;
+		if (x != y)
+			return false;
+	}
+	return true;
+}
+
+#endif

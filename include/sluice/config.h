@@ -1,0 +1,157 @@
+/*
+ * config.h - the gateway's configuration: loaded and validated once at start
+ * (and, later, on SIGHUP) into an immutable struct that the reactors only read.
+ *
+ * The file is JSON with // and / * * / comments. Every error names the key path
+ * where it was found, e.g. `providers.openai.base_url: expected a string` or
+ * `models.gpt-4.1.targets[0].provider: unknown provider "x"`; unknown keys are
+ * errors too (a typo must not silently fall back to a default). Everything here
+ * is allocated with malloc at load time; nothing is allocated afterwards.
+ */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include "sluice/common.h"
+
+#include <sys/socket.h>
+
+/* Wire format of a client route or of a provider. */
+enum sl_format {
+	SL_FORMAT_OPENAI = 0,
+	SL_FORMAT_ANTHROPIC = 1,
+};
+
+struct sl_listener_config {
+	char *address; /* as written: "0.0.0.0:8080", "[::1]:8080", ":8080" */
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+};
+
+/* Bounds and timeouts of the data path. Every field has a documented default
+ * (README, "Configuration") and is set under "limits" / "timeouts". */
+struct sl_limits_config {
+	uint32_t connections_per_core;   /* client + upstream slots per reactor (16384) */
+	uint32_t header_bytes_max;       /* request head, bytes: 431 beyond (16384) */
+	uint32_t headers_num_max;        /* header fields per message: 431 beyond (100) */
+	uint32_t target_bytes_max;       /* request target: 414 beyond (8192) */
+	uint64_t body_bytes_max;         /* request body: 413 beyond (33554432) */
+	uint32_t recv_buffer_bytes;      /* size of one provided recv buffer (16384) */
+	uint32_t recv_buffers_per_core;  /* provided buffers per reactor, power of 2 (1024) */
+	uint32_t send_queue_buffers_max; /* relay buffers queued per stream before the
+	                                    upstream is paused (8) */
+	uint64_t memory_per_core_bytes;  /* request/response buffer arena per reactor
+	                                    (268435456) */
+	uint32_t header_timeout_ms;      /* first byte to end of head: 408 (10000) */
+	uint32_t body_timeout_ms;        /* max gap between body reads: 408 (30000) */
+	uint32_t keepalive_timeout_ms;   /* idle client connection (75000) */
+	uint32_t send_timeout_ms;        /* client not draining its response (60000) */
+};
+
+struct sl_provider_key {
+	char *key; /* resolved: literal, or the value of env:NAME at load time */
+	uint32_t weight;
+};
+
+struct sl_header_pair {
+	char *name;
+	char *value;
+};
+
+struct sl_provider_config {
+	char *name;
+	char *base_url;
+	enum sl_format format;
+	bool tls;        /* https:// base URL (TLS lands in its own issue) */
+	char *host;      /* Host header value: "api.example.com" or "127.0.0.1:9001" */
+	char *base_path; /* path part of base_url without trailing '/', may be "" */
+	struct sockaddr_storage addr; /* resolved once at load (getaddrinfo) */
+	socklen_t addr_len;
+	struct sl_provider_key *keys;
+	uint32_t num_keys;
+	struct sl_header_pair *headers; /* extra headers sent upstream */
+	uint32_t num_headers;
+	char *anthropic_version;       /* anthropic format: "2023-06-01" default */
+	uint32_t connect_timeout_ms;    /* (5000) */
+	uint32_t first_byte_timeout_ms; /* request sent to response head (60000) */
+	uint32_t idle_timeout_ms;       /* gap between response bytes (60000) */
+	uint32_t keepalive_per_core;    /* idle pooled connections per reactor (64) */
+};
+
+struct sl_model_target {
+	uint32_t provider; /* index into sl_config.providers */
+	char *model;       /* upstream model id */
+	uint32_t priority; /* 1 = first (default) */
+	uint32_t weight;   /* default 1 */
+};
+
+/* Prices in integer micro-dollars per 1M tokens ("2.50" -> 2500000). */
+struct sl_model_price {
+	int64_t input;
+	int64_t output;
+	int64_t cached_input;
+	int64_t cache_write;
+	bool set;
+};
+
+struct sl_model_config {
+	char *id;
+	char **aliases;
+	uint32_t num_aliases;
+	struct sl_model_target *targets;
+	uint32_t num_targets;
+	struct sl_model_price price;
+	uint32_t context_window;    /* 0: unknown */
+	uint32_t max_output_tokens; /* 0: unknown */
+	char *owned_by;             /* default: the first target's provider name */
+	/* Precomputed at load: the JSON object GET /v1/models/{id} answers. */
+	char *json;
+	size_t json_len;
+};
+
+struct sl_config {
+	char *origin; /* file path, or "<embedded demo>" */
+	struct sl_listener_config *listeners;
+	uint32_t num_listeners;
+	char *data_dir;
+	uint32_t threads; /* 0: one per CPU the process may run on */
+	struct sl_limits_config limits;
+	struct sl_provider_config *providers;
+	uint32_t num_providers;
+	struct sl_model_config *models;
+	uint32_t num_models;
+	/* Precomputed at load: the JSON list GET /v1/models answers. */
+	char *models_json;
+	size_t models_json_len;
+	/* private: open-addressing hash of ids and aliases -> model index */
+	uint32_t *model_index;
+	uint32_t model_index_mask;
+};
+
+/*
+ * sl_config_load_string parses and validates text[0..len). origin names the
+ * source in messages. On success returns 0 and stores a new config in *out.
+ * On failure returns -EINVAL and writes one line, "key.path: what is wrong"
+ * (or "line L, column C: ..." for a JSON syntax error), into err[0..err_len).
+ */
+int sl_config_load_string(const char *text, size_t len, const char *origin,
+                          struct sl_config **out, char *err, size_t err_len);
+
+/* sl_config_load_file reads path and calls sl_config_load_string. A file that
+ * cannot be read is reported as "PATH: strerror". */
+int sl_config_load_file(const char *path, struct sl_config **out, char *err, size_t err_len);
+
+/* sl_config_free releases everything; sl_config_free(NULL) is a no-op. */
+void sl_config_free(struct sl_config *config);
+
+/* sl_config_find_model resolves a model id or alias (exact, case-sensitive)
+ * to its entry, or NULL. Lock-free and allocation-free: safe on the request
+ * path. */
+const struct sl_model_config *sl_config_find_model(const struct sl_config *config,
+                                                   const char *name, size_t name_len);
+
+/* The embedded demo configuration: one listener on 127.0.0.1:8080 and two
+ * providers (openai and anthropic formats) both pointing at the bundled mock
+ * on 127.0.0.1:9100, with a few models. */
+extern const char sl_config_demo[];
+
+#endif
