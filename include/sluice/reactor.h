@@ -1,0 +1,330 @@
+/*
+ * reactor.h - one thread, one core, one io_uring.
+ *
+ * A reactor owns everything its connections touch: the ring, a provided-buffer
+ * ring that every recv lands in, a slab of connection slots, a block pool for
+ * request and response heads/bodies, timer queues and per-provider pools of
+ * idle upstream connections. Nothing is shared with other reactors on the
+ * request path; cross-core messages (shutdown now; reconciliation and reload
+ * later) arrive through a Concurrency Kit MPSC ring plus an eventfd the
+ * reactor keeps a read pending on.
+ *
+ * Completions are dispatched by user_data = op (8 bits) | generation (24) |
+ * slot (32): a completion for a slot that has since been recycled carries an
+ * old generation and is recognised as stale (its buffer, if any, is still
+ * returned to the ring).
+ */
+#ifndef SLUICE_REACTOR_H
+#define SLUICE_REACTOR_H
+
+#include "sluice/common.h"
+#include "sluice/config.h"
+#include "sluice/http1.h"
+#include "sluice/pool.h"
+#include "sluice/router.h"
+
+#include <ck_ring.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <sys/uio.h>
+
+/* --- timers ---------------------------------------------------------------
+ * Every deadline of a given kind has the same duration, so a queue per kind
+ * stays sorted by appending: arming is O(1) (unlink, append), expiry pops from
+ * the head. The reactor's io_uring wait is bounded by the earliest head. */
+struct sl_timer {
+	struct sl_timer *prev, *next;
+	uint64_t deadline_ms;
+	struct sl_timer_queue *queue; /* NULL when not armed */
+};
+
+struct sl_timer_queue {
+	struct sl_timer list; /* sentinel */
+	uint32_t duration_ms;
+	uint8_t kind; /* enum sl_timer_kind */
+};
+
+enum sl_timer_kind {
+	SL_TIMER_HEADER,      /* client: head not complete in time -> 408 */
+	SL_TIMER_BODY,        /* client: body stalled -> 408 */
+	SL_TIMER_KEEPALIVE,   /* client idle between requests -> close */
+	SL_TIMER_SEND,        /* client not reading its response -> close */
+	SL_TIMER_UP_CONNECT,  /* upstream connect -> 502 */
+	SL_TIMER_UP_FIRST,    /* upstream response head -> 504 */
+	SL_TIMER_UP_IDLE,     /* upstream body stalled -> end the stream */
+	SL_TIMER_UP_POOL,     /* pooled upstream connection idle -> close */
+};
+
+/* --- send queue -----------------------------------------------------------
+ * Bytes waiting to be sent on a connection, in order. Each entry says who
+ * owns its memory so the bytes are released when sent: a provided recv buffer
+ * (relayed without copying), a pool block, or static/config memory. */
+enum sl_owner { SL_OWN_NONE = 0, SL_OWN_RING, SL_OWN_POOL };
+
+struct sl_send_entry {
+	const char *ptr;
+	uint32_t len;
+	uint8_t owner;
+	uint8_t block_class; /* SL_OWN_POOL: log2 capacity */
+	uint16_t bid;        /* SL_OWN_RING: buffer id */
+	void *block;         /* SL_OWN_POOL */
+};
+
+/* Entries per connection. The relay pauses its upstream at
+ * limits.send_queue_buffers_max entries; the rest is slack for the completions
+ * a multishot recv may still deliver before the pause takes effect (the kernel
+ * posts at most 32 per wake-up). */
+#define SL_SENDQ_CAP 64
+#define SL_SEND_IOV_MAX 16
+#define SL_STASH_MAX 8 /* pipelined recvs held while a request is in progress */
+_Static_assert((SL_SENDQ_CAP & (SL_SENDQ_CAP - 1)) == 0, "SL_SENDQ_CAP is a power of two");
+
+struct sl_sendq {
+	struct sl_send_entry entries[SL_SENDQ_CAP];
+	uint32_t head_off; /* bytes of entries[head] already sent */
+	uint8_t head;
+	uint8_t num;
+	uint8_t num_inflight; /* entries covered by the send in flight */
+};
+
+/* --- connections ------------------------------------------------------------ */
+enum sl_conn_kind { SL_CONN_FREE = 0, SL_CONN_CLIENT, SL_CONN_UPSTREAM };
+
+enum sl_client_state {
+	SL_CLIENT_IDLE = 1, /* keep-alive: no byte of the next request yet */
+	SL_CLIENT_HEAD,     /* reading the request head */
+	SL_CLIENT_BODY,     /* reading the request body */
+	SL_CLIENT_EXCHANGE, /* request handed to an upstream; response not complete */
+	SL_CLIENT_FLUSH,    /* response complete; draining the send queue */
+};
+
+enum sl_upstream_state {
+	SL_UP_CONNECTING = 1,
+	SL_UP_WAIT_HEAD, /* request being sent or sent; no response head yet */
+	SL_UP_BODY,      /* relaying the response body */
+	SL_UP_POOLED,    /* idle in the keep-alive pool */
+};
+
+struct sl_reactor;
+
+struct sl_conn {
+	int fd;
+	uint32_t slot;
+	uint32_t gen;
+	uint8_t kind;  /* enum sl_conn_kind */
+	uint8_t state; /* enum sl_client_state or sl_upstream_state */
+	uint16_t inflight; /* SQEs in flight that reference this slot */
+
+	bool recv_armed;    /* a multishot recv is pending */
+	bool recv_paused;   /* backpressure: do not re-arm */
+	bool recv_starved;  /* recv ended with -ENOBUFS; on the starved list */
+	bool send_busy;     /* a send is in flight */
+	bool closing;       /* torn down once inflight reaches 0 */
+	bool close_after_flush;
+	bool keep_alive;
+
+	struct sl_timer timer;
+	struct sl_conn *peer;          /* client <-> upstream of the exchange */
+	struct sl_conn *starved_next;  /* reactor's starved list */
+	struct sl_conn *pool_next;     /* upstream: provider idle pool (LIFO) */
+
+	/* Received bytes that must be contiguous (client request; a response head
+	 * split across recvs). A pool block. */
+	char *in;
+	size_t in_len;
+	size_t in_cap;
+
+	/* client: recv buffers of pipelined requests that arrived while one was
+	 * in progress and did not fit in in[] */
+	uint8_t stash_num;
+	struct {
+		uint16_t bid;
+		uint16_t off;
+		uint32_t len;
+	} stash[SL_STASH_MAX];
+
+	struct sl_sendq sq;
+	struct msghdr msg;
+	struct iovec iov[SL_SEND_IOV_MAX];
+
+	/* client: the exchange in progress */
+	struct {
+		uint32_t head_len;
+		uint32_t body_scan_off;     /* chunked: next undecoded byte in in[] */
+		uint64_t body_len;          /* bytes of body so far / total */
+		uint64_t content_length;
+		uint8_t framing;            /* enum sl_http_framing */
+		uint8_t route;              /* enum sl_route */
+		uint8_t format;             /* enum sl_format of the route */
+		bool sent_continue;
+		bool response_started;      /* a response byte was queued to the client */
+		bool response_done;
+		bool retried;               /* a stale pooled connection was replaced */
+		struct sl_chunked chunked;
+		uint64_t started_ms;
+		char request_id[28];
+	} cx;
+
+	/* upstream: the request in progress */
+	struct {
+		uint32_t provider;
+		uint8_t framing;
+		bool reused;           /* taken from the pool: may have gone stale */
+		bool resp_keep_alive;
+		bool sse_boundary;     /* the body relayed so far ends on "\n\n" */
+		bool is_sse;
+		uint8_t last_data[2];
+		uint64_t body_left;    /* SL_BODY_LENGTH */
+		struct sl_chunked chunked;
+		void *pinned;          /* client input still referenced by our send */
+		size_t pinned_cap;
+	} ux;
+};
+
+/* --- cross-core mailbox ----------------------------------------------------- */
+enum sl_msg_type { SL_MSG_SHUTDOWN = 1 };
+
+struct sl_msg {
+	uint32_t type;
+	uint32_t arg;
+};
+
+#define SL_MAILBOX_CAP 64
+
+/* --- the reactor ------------------------------------------------------------ */
+struct sl_upstream_pool {
+	struct sl_conn *idle; /* LIFO */
+	uint32_t num_idle;
+	struct sl_timer_queue connect_q, first_q, idle_q;
+};
+
+struct sl_reactor_stats {
+	uint64_t accepted;
+	uint64_t requests;
+	uint64_t upstream_connects;
+	uint64_t upstream_reused;
+	uint64_t recv_enobufs;
+};
+
+struct sl_reactor {
+	struct io_uring ring;
+	uint32_t index;
+	int cpu; /* -1: not pinned */
+	const struct sl_config *config;
+	pthread_t thread;
+
+	int *listen_fds;
+	uint32_t num_listen;
+	bool accepting;
+
+	/* provided buffers */
+	struct io_uring_buf_ring *buf_ring;
+	char *buf_base;
+	uint32_t buf_size;
+	uint32_t buf_count;
+	uint32_t buf_pending_returns; /* added, not yet advanced */
+	uint32_t buf_out;             /* held by us */
+
+	/* connection slots */
+	struct sl_conn *conns;
+	uint32_t conn_cap;
+	uint32_t *conn_free;
+	uint32_t conn_free_num;
+	uint32_t num_clients;
+	uint32_t num_exchanges;
+
+	struct sl_bufpool mem;
+	struct sl_conn *starved;
+
+	uint64_t now_ms;
+	struct sl_timer_queue header_q, body_q, keepalive_q, send_q, up_pool_q;
+	struct sl_upstream_pool *upstreams; /* one per provider */
+
+	/* mailbox */
+	int event_fd;
+	uint64_t event_value;
+	ck_ring_t mailbox;
+	ck_ring_buffer_t mailbox_buf[SL_MAILBOX_CAP];
+	bool stopping;
+
+	/* scratch for the one request head being parsed right now */
+	struct sl_http_header *headers;
+	uint64_t request_seq;
+	uint32_t id_prefix;
+
+	struct sl_reactor_stats stats;
+};
+
+/* user_data encoding */
+enum sl_op {
+	SL_OP_ACCEPT = 1,
+	SL_OP_RECV,
+	SL_OP_SEND,
+	SL_OP_CONNECT,
+	SL_OP_CANCEL,
+	SL_OP_EVENTFD,
+};
+
+static inline uint64_t sl_ud(enum sl_op op, uint32_t gen, uint32_t slot)
+{
+	return (uint64_t)op << 56 | (uint64_t)(gen & 0xFFFFFF) << 32 | slot;
+}
+
+/*
+ * sl_reactor_init prepares reactor index on the calling thread's behalf:
+ * allocates slots, pools and buffers from config limits. The ring itself is
+ * created by sl_reactor_run on the reactor's own thread (SINGLE_ISSUER).
+ * listen_fds are owned by the reactor afterwards. Returns 0 or -errno.
+ */
+int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
+                    const struct sl_config *config, int *listen_fds, uint32_t num_listen);
+
+/* sl_reactor_run is the thread body: sets up the ring, signals ready through
+ * ready_cb, and loops until a shutdown message and the drain of every
+ * connection. Returns 0 or -errno. */
+int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, int rc));
+
+/* sl_reactor_post queues msg for r from any thread and wakes it. Returns 0,
+ * or -EAGAIN when r's mailbox is full. */
+int sl_reactor_post(struct sl_reactor *r, const struct sl_msg *msg);
+
+/* sl_reactor_destroy frees what init allocated (after the thread joined). */
+void sl_reactor_destroy(struct sl_reactor *r);
+
+/* --- services the reactor offers the protocol layer (proxy.c) ---------------- */
+
+struct io_uring_sqe *sl_reactor_sqe(struct sl_reactor *r);
+struct sl_conn *sl_conn_alloc(struct sl_reactor *r, int fd, enum sl_conn_kind kind);
+/* sl_conn_close shuts the socket down and frees the slot once no operation is
+ * in flight; owned buffers are released then. Idempotent. */
+void sl_conn_close(struct sl_reactor *r, struct sl_conn *c);
+void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c);
+void sl_conn_recv_pause(struct sl_reactor *r, struct sl_conn *c);
+void sl_conn_recv_resume(struct sl_reactor *r, struct sl_conn *c);
+/* sl_conn_send_push appends bytes to c's send queue; returns false (and
+ * releases nothing) when the queue is full. sl_conn_send_flush starts a send
+ * if none is in flight. */
+bool sl_conn_send_push(struct sl_conn *c, const struct sl_send_entry *e);
+void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c);
+void sl_send_entry_release(struct sl_reactor *r, struct sl_send_entry *e);
+void sl_buf_return(struct sl_reactor *r, uint16_t bid);
+
+void sl_timer_arm(struct sl_reactor *r, struct sl_timer *t, struct sl_timer_queue *q);
+void sl_timer_cancel(struct sl_timer *t);
+void sl_timer_queue_init(struct sl_timer_queue *q, uint32_t duration_ms, enum sl_timer_kind kind);
+
+/* proxy.c: protocol callbacks the reactor calls */
+void sl_proxy_on_accept(struct sl_reactor *r, int fd);
+/* data is a provided buffer bid; returns true when the proxy kept it (it
+ * will come back through sl_buf_return), false to return it now. */
+bool sl_proxy_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,
+                      size_t len);
+void sl_proxy_on_eof(struct sl_reactor *r, struct sl_conn *c, int err);
+void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c);
+void sl_proxy_on_send_error(struct sl_reactor *r, struct sl_conn *c, int err);
+void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *c, int res);
+void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_kind kind);
+void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c);
+void sl_proxy_on_shutdown(struct sl_reactor *r);
+
+#endif

@@ -1,0 +1,1449 @@
+/*
+ * proxy.c - the HTTP/1.1 protocol layer: reads client requests, hands each
+ * one to an upstream connection, and relays the response back.
+ *
+ * A client connection walks IDLE -> HEAD -> BODY -> EXCHANGE -> FLUSH and
+ * back to IDLE (keep-alive), one request at a time, so pipelined requests
+ * are answered in order by construction. An upstream connection walks
+ * CONNECTING -> WAIT_HEAD -> BODY -> POOLED. The request (head + body) is
+ * kept contiguous in the client's input block; the upstream request is sent
+ * as an iovec of [rewritten head, body before "model", upstream model id,
+ * body after "model"], so the body is never copied. The response body is
+ * relayed from the provided recv buffer it arrived in, straight into the
+ * client's send queue; the buffer returns to the ring when the client's send
+ * completes. A client that reads slowly fills its queue and pauses the
+ * upstream recv: backpressure, not memory growth.
+ */
+#include "sluice/reactor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MODEL_NAME_MAX 256
+#define INPUT_BLOCK_MIN 4096
+
+/* --- a bounded writer for heads and error bodies ------------------------------ */
+
+struct wbuf {
+	char *p;
+	size_t len;
+	size_t cap;
+	bool overflow;
+};
+
+static void w_mem(struct wbuf *w, const void *s, size_t n)
+{
+	if (SL_UNLIKELY(w->cap - w->len < n)) {
+		w->overflow = true;
+		return;
+	}
+	memcpy(w->p + w->len, s, n);
+	w->len += n;
+}
+
+#define W_LIT(w, lit) w_mem((w), (lit), sizeof(lit) - 1)
+
+static void w_str(struct wbuf *w, const char *s)
+{
+	w_mem(w, s, strlen(s));
+}
+
+static void w_u64(struct wbuf *w, uint64_t v)
+{
+	char tmp[24];
+	int i = (int)sizeof tmp;
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	w_mem(w, tmp + i, sizeof tmp - (size_t)i);
+}
+
+static void w_header(struct wbuf *w, const char *name, size_t name_len, const char *value,
+                     size_t value_len)
+{
+	w_mem(w, name, name_len);
+	W_LIT(w, ": ");
+	w_mem(w, value, value_len);
+	W_LIT(w, "\r\n");
+}
+
+/* JSON string contents, escaped; n bytes of s at most. */
+static void w_json_escaped(struct wbuf *w, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			char e[2] = { '\\', (char)c };
+			w_mem(w, e, 2);
+		} else if (c < 0x20) {
+			char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+			w_mem(w, e, 6);
+		} else {
+			w_mem(w, &s[i], 1);
+		}
+	}
+}
+
+/* --- helpers --------------------------------------------------------------------- */
+
+static struct sl_http_limits http_limits(const struct sl_reactor *r)
+{
+	const struct sl_limits_config *l = &r->config->limits;
+	return (struct sl_http_limits){
+		.head_len_max = l->header_bytes_max,
+		.target_len_max = l->target_bytes_max,
+		.num_headers_max = l->headers_num_max,
+	};
+}
+
+static uint32_t relay_pause_at(const struct sl_reactor *r)
+{
+	uint32_t n = r->config->limits.send_queue_buffers_max;
+	return SL_MAX(2u, SL_MIN(n, (uint32_t)SL_SENDQ_CAP - 40));
+}
+
+static void make_request_id(struct sl_reactor *r, struct sl_conn *c)
+{
+	static const char hex[] = "0123456789abcdef";
+	char *p = c->cx.request_id;
+	memcpy(p, "req_", 4);
+	uint64_t parts[3] = { r->id_prefix, r->index, ++r->request_seq };
+	int digits[3] = { 8, 2, 12 };
+	int o = 4;
+	for (int k = 0; k < 3; k++)
+		for (int d = digits[k] - 1; d >= 0; d--)
+			p[o++] = hex[(parts[k] >> (4 * d)) & 15];
+	p[o] = '\0';
+}
+
+/* Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the proxy sets
+ * itself: never forwarded in either direction. */
+static bool is_hop_or_owned(const struct sl_http_header *h)
+{
+	switch (h->name_len) {
+	case 2:
+		return sl_ascii_ieq(h->name, "te", 2);
+	case 4:
+		return sl_ascii_ieq(h->name, "host", 4);
+	case 6:
+		return sl_ascii_ieq(h->name, "expect", 6);
+	case 7:
+		return sl_ascii_ieq(h->name, "trailer", 7) || sl_ascii_ieq(h->name, "upgrade", 7);
+	case 9:
+		return sl_ascii_ieq(h->name, "x-api-key", 9);
+	case 10:
+		return sl_ascii_ieq(h->name, "connection", 10) ||
+		       sl_ascii_ieq(h->name, "keep-alive", 10);
+	case 12:
+		return sl_ascii_ieq(h->name, "x-request-id", 12);
+	case 13:
+		return sl_ascii_ieq(h->name, "authorization", 13);
+	case 14:
+		return sl_ascii_ieq(h->name, "content-length", 14);
+	case 16:
+		return sl_ascii_ieq(h->name, "proxy-connection", 16);
+	case 17:
+		return sl_ascii_ieq(h->name, "transfer-encoding", 17);
+	case 18:
+		return sl_ascii_ieq(h->name, "proxy-authenticate", 18);
+	case 19:
+		return sl_ascii_ieq(h->name, "proxy-authorization", 19);
+	default:
+		return false;
+	}
+}
+
+/* Collects the field names listed in Connection headers: they are hop-by-hop
+ * too. At most SL_ARRAY_LEN(out) are honoured; the rest are ignored. */
+static size_t connection_tokens(const struct sl_http_header *hs, size_t n, struct sl_str *out,
+                                size_t out_max)
+{
+	size_t num = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (hs[i].name_len != 10 || !sl_ascii_ieq(hs[i].name, "connection", 10))
+			continue;
+		const char *v = hs[i].value, *end = v + hs[i].value_len;
+		while (v < end && num < out_max) {
+			while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+				v++;
+			const char *s = v;
+			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+				v++;
+			if (v > s)
+				out[num++] = (struct sl_str){ s, (size_t)(v - s) };
+		}
+	}
+	return num;
+}
+
+static bool listed_in(const struct sl_http_header *h, const struct sl_str *tokens, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (tokens[i].len == h->name_len && sl_ascii_ieq(h->name, tokens[i].ptr, h->name_len))
+			return true;
+	return false;
+}
+
+static bool push_pool_block(struct sl_conn *c, void *block, size_t cap, size_t len)
+{
+	struct sl_send_entry e = {
+		.ptr = block,
+		.len = (uint32_t)len,
+		.owner = SL_OWN_POOL,
+		.block_class = (uint8_t)sl_bufpool_class(cap),
+		.block = block,
+	};
+	return sl_conn_send_push(c, &e);
+}
+
+static bool push_static(struct sl_conn *c, const char *p, size_t len)
+{
+	if (len == 0)
+		return true;
+	struct sl_send_entry e = { .ptr = p, .len = (uint32_t)len, .owner = SL_OWN_NONE };
+	return sl_conn_send_push(c, &e);
+}
+
+/* Arms the client's send deadline while it has bytes queued. */
+static void client_send_timer(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->sq.num)
+		sl_timer_arm(r, &c->timer, &r->send_q);
+	else if (c->timer.queue == &r->send_q)
+		sl_timer_cancel(&c->timer);
+}
+
+/* --- error responses ---------------------------------------------------------------- */
+
+static const char *error_type_for(unsigned status)
+{
+	switch (status) {
+	case 400:
+	case 414:
+	case 431:
+	case 505:
+		return "invalid_request_error";
+	case 404:
+		return "not_found";
+	case 405:
+		return "method_not_allowed";
+	case 408:
+		return "request_timeout";
+	case 413:
+		return "payload_too_large";
+	case 501:
+		return "not_implemented";
+	case 503:
+		return "overloaded";
+	case 504:
+		return "upstream_timeout";
+	default:
+		return status >= 500 ? "server_error" : "invalid_request_error";
+	}
+}
+
+/*
+ * respond_error queues a complete error response in the client format of the
+ * current route. With close_after the connection closes once it is sent (the
+ * framing of the rest of the input cannot be trusted, or a body was not read).
+ * Must only be called before any byte of another response was queued.
+ */
+static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned status,
+                          const char *type, const char *message, const char *extra_headers,
+                          bool close_after)
+{
+	SL_ASSERT(!c->cx.response_started);
+	if (!type)
+		type = error_type_for(status);
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, 2048, &cap);
+	if (!block) {
+		sl_conn_close(r, c);
+		return;
+	}
+	/* the body first, at the end of the block, so its length is known */
+	char body_tmp[1024];
+	struct wbuf b = { body_tmp, 0, sizeof body_tmp, false };
+	size_t msg_len = SL_MIN(strlen(message), (size_t)700);
+	if (c->cx.format == SL_FORMAT_ANTHROPIC) {
+		W_LIT(&b, "{\"type\":\"error\",\"error\":{\"type\":\"");
+		w_str(&b, type);
+		W_LIT(&b, "\",\"message\":\"");
+		w_json_escaped(&b, message, msg_len);
+		W_LIT(&b, "\"}}");
+	} else {
+		W_LIT(&b, "{\"error\":{\"message\":\"");
+		w_json_escaped(&b, message, msg_len);
+		W_LIT(&b, "\",\"type\":\"");
+		w_str(&b, type);
+		W_LIT(&b, "\",\"param\":null,\"code\":\"");
+		w_str(&b, type);
+		W_LIT(&b, "\"}}");
+	}
+	SL_ASSERT(!b.overflow);
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "HTTP/1.1 ");
+	w_u64(&w, status);
+	W_LIT(&w, " ");
+	w_str(&w, sl_http_status_reason(status));
+	W_LIT(&w, "\r\nContent-Type: application/json\r\nContent-Length: ");
+	w_u64(&w, b.len);
+	if (c->cx.request_id[0]) {
+		W_LIT(&w, "\r\nx-request-id: ");
+		w_str(&w, c->cx.request_id);
+	}
+	W_LIT(&w, "\r\n");
+	if (extra_headers)
+		w_str(&w, extra_headers);
+	if (close_after)
+		W_LIT(&w, "Connection: close\r\n");
+	W_LIT(&w, "\r\n");
+	w_mem(&w, b.p, b.len);
+	SL_ASSERT(!w.overflow);
+	if (!push_pool_block(c, block, cap, w.len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		sl_conn_close(r, c);
+		return;
+	}
+	c->cx.response_started = true;
+	if (close_after) {
+		c->close_after_flush = true;
+		c->keep_alive = false;
+		sl_conn_recv_pause(r, c); /* nothing more will be read */
+	}
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+}
+
+/* --- client input ---------------------------------------------------------------------- */
+
+/* Makes c->in hold at least need bytes, keeping its contents. */
+static bool input_reserve(struct sl_reactor *r, struct sl_conn *c, size_t need)
+{
+	if (c->in && c->in_cap >= need)
+		return true;
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, SL_MAX(need, (size_t)INPUT_BLOCK_MIN), &cap);
+	if (!block)
+		return false;
+	if (c->in) {
+		memcpy(block, c->in, c->in_len);
+		sl_bufpool_put(&r->mem, c->in, c->in_cap);
+	}
+	c->in = block;
+	c->in_cap = cap;
+	return true;
+}
+
+static void client_process(struct sl_reactor *r, struct sl_conn *c);
+static void exchange_begin(struct sl_reactor *r, struct sl_conn *c);
+
+/* The request's bytes end here; what follows in c->in is the next request. */
+static size_t request_end(const struct sl_conn *c)
+{
+	return c->cx.head_len + (size_t)c->cx.body_len;
+}
+
+/* After a response is flushed: drop the consumed request, keep pipelined
+ * bytes, and go on with the next request. */
+static void client_next_request(struct sl_reactor *r, struct sl_conn *c)
+{
+	size_t used = request_end(c);
+	SL_ASSERT(used <= c->in_len);
+	size_t left = c->in_len - used;
+	if (left)
+		memmove(c->in, c->in + used, left);
+	c->in_len = left;
+	memset(&c->cx, 0, sizeof c->cx);
+	c->close_after_flush = false;
+	c->state = SL_CLIENT_IDLE;
+	/* pipelined bytes that did not fit while the last request ran */
+	for (unsigned i = 0; i < c->stash_num; i++) {
+		uint32_t len = c->stash[i].len;
+		if (!input_reserve(r, c, c->in_len + len)) {
+			sl_conn_close(r, c);
+			return;
+		}
+		memcpy(c->in + c->in_len, r->buf_base + (size_t)c->stash[i].bid * r->buf_size +
+		                                  c->stash[i].off, len);
+		c->in_len += len;
+		sl_buf_return(r, c->stash[i].bid);
+	}
+	c->stash_num = 0;
+	if (c->in_len == 0) {
+		/* idle keep-alive connections hold no input block */
+		sl_bufpool_put(&r->mem, c->in, c->in_cap);
+		c->in = NULL;
+		c->in_cap = 0;
+		sl_timer_arm(r, &c->timer, &r->keepalive_q);
+	}
+	sl_conn_recv_resume(r, c);
+	if (c->in_len)
+		client_process(r, c);
+}
+
+static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *content_type,
+                          const char *body, size_t body_len, bool head_only)
+{
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, 512, &cap);
+	if (!block) {
+		sl_conn_close(r, c);
+		return;
+	}
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "HTTP/1.1 200 OK\r\nContent-Type: ");
+	w_str(&w, content_type);
+	W_LIT(&w, "\r\nContent-Length: ");
+	w_u64(&w, body_len);
+	W_LIT(&w, "\r\nx-request-id: ");
+	w_str(&w, c->cx.request_id);
+	if (!c->keep_alive)
+		W_LIT(&w, "\r\nConnection: close");
+	W_LIT(&w, "\r\n\r\n");
+	SL_ASSERT(!w.overflow);
+	bool ok = push_pool_block(c, block, cap, w.len);
+	if (!ok)
+		sl_bufpool_put(&r->mem, block, cap);
+	if (ok && !head_only)
+		ok = push_static(c, body, body_len); /* config memory: lives as long as we do */
+	if (!ok) {
+		sl_conn_close(r, c);
+		return;
+	}
+	c->cx.response_started = true;
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+}
+
+/* Answers the routes the gateway serves itself. */
+static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl_route_match *m,
+                        bool head_only)
+{
+	const struct sl_config *cfg = r->config;
+	if (m->route == SL_ROUTE_HEALTH) {
+		respond_local(r, c, "text/plain", "ok\n", 3, head_only);
+	} else if (m->route == SL_ROUTE_MODELS) {
+		respond_local(r, c, "application/json", cfg->models_json, cfg->models_json_len,
+		              head_only);
+	} else {
+		const struct sl_model_config *model =
+		        sl_config_find_model(cfg, m->model_id.ptr, m->model_id.len);
+		if (!model) {
+			char msg[MODEL_NAME_MAX + 64];
+			snprintf(msg, sizeof msg, "The model '%.*s' does not exist",
+			         (int)SL_MIN(m->model_id.len, (size_t)MODEL_NAME_MAX), m->model_id.ptr);
+			respond_error(r, c, 404, NULL, msg, NULL, false);
+			return;
+		}
+		respond_local(r, c, "application/json", model->json, model->json_len, head_only);
+	}
+}
+
+/* The exchange of c ended (answered locally, by an error, or relayed). */
+static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->state == SL_CLIENT_EXCHANGE)
+		r->num_exchanges--;
+	c->state = SL_CLIENT_FLUSH;
+	if (c->timer.queue != &r->send_q)
+		sl_timer_cancel(&c->timer);
+	if (r->stopping)
+		c->keep_alive = false;
+	sl_proxy_on_sent(r, c); /* finishes now if nothing is queued */
+}
+
+/* Handles a parsed request head. Returns false when the request was answered
+ * (or the connection closed) and no body is to be read. */
+static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_http_request *req,
+                           size_t head_len)
+{
+	const struct sl_limits_config *lim = &r->config->limits;
+	struct sl_route_match m;
+	sl_router_match(req->target, req->target_len, &m);
+	c->cx.head_len = (uint32_t)head_len;
+	c->cx.route = (uint8_t)m.route;
+	c->cx.format = (uint8_t)m.format;
+	c->cx.framing = (uint8_t)req->framing;
+	c->cx.content_length = req->content_length;
+	c->keep_alive = req->keep_alive && !r->stopping;
+	r->stats.requests++;
+	bool has_body = req->framing != SL_BODY_NONE;
+
+	if (m.route == SL_ROUTE_NONE) {
+		respond_error(r, c, 404, NULL, "Unknown request URL: no such route", NULL, has_body);
+		return false;
+	}
+	if (!m.is_post) {
+		bool get = req->method == SL_METHOD_GET, head = req->method == SL_METHOD_HEAD;
+		if (!get && !head) {
+			respond_error(r, c, 405, NULL, "Method not allowed on this route; use GET",
+			              "Allow: GET, HEAD\r\n", has_body);
+			return false;
+		}
+		if (has_body) {
+			c->keep_alive = false; /* a GET body is not read: close after */
+			c->close_after_flush = true;
+			sl_conn_recv_pause(r, c);
+		}
+		serve_local(r, c, &m, head);
+		return false;
+	}
+	if (req->method != SL_METHOD_POST) {
+		respond_error(r, c, 405, NULL, "Method not allowed on this route; use POST",
+		              "Allow: POST\r\n", has_body);
+		return false;
+	}
+	if (!has_body) {
+		respond_error(r, c, 400, NULL, "A JSON request body is required", NULL, false);
+		return false;
+	}
+	if (req->framing == SL_BODY_LENGTH) {
+		if (req->content_length > lim->body_bytes_max) {
+			respond_error(r, c, 413, NULL, "Request body is larger than the gateway accepts",
+			              NULL, true);
+			return false;
+		}
+		if (!input_reserve(r, c, head_len + req->content_length)) {
+			respond_error(r, c, 503, NULL, "The gateway is out of request memory; retry",
+			              "Retry-After: 1\r\n", true);
+			return false;
+		}
+	} else {
+		sl_chunked_init(&c->cx.chunked);
+		c->cx.body_scan_off = (uint32_t)head_len;
+	}
+	if (req->expect_continue && c->in_len == head_len) {
+		static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+		push_static(c, cont, sizeof cont - 1);
+		sl_conn_send_flush(r, c);
+		c->cx.sent_continue = true;
+	}
+	return true;
+}
+
+/*
+ * client_process advances the request state machine over c->in. Stops when
+ * more input is needed, when an exchange starts, or when the connection
+ * closes.
+ */
+static void client_process(struct sl_reactor *r, struct sl_conn *c)
+{
+	const struct sl_limits_config *lim = &r->config->limits;
+	for (;;) {
+		if (c->closing || c->close_after_flush)
+			return;
+		switch (c->state) {
+		case SL_CLIENT_IDLE:
+			if (c->in_len == 0)
+				return;
+			c->state = SL_CLIENT_HEAD;
+			c->cx.started_ms = r->now_ms;
+			make_request_id(r, c);
+			sl_timer_arm(r, &c->timer, &r->header_q);
+			break;
+		case SL_CLIENT_HEAD: {
+			struct sl_http_limits hl = http_limits(r);
+			struct sl_http_request req = { .headers = r->headers };
+			ssize_t n = sl_http_parse_request(c->in, c->in_len, &req, &hl);
+			if (n == SL_INCOMPLETE) {
+				if (c->in_len >= lim->header_bytes_max) {
+					respond_error(r, c, 431, NULL, "Request header fields too large",
+					              NULL, true);
+					return;
+				}
+				return;
+			}
+			if (n == SL_ERROR) {
+				unsigned status = req.error_status ? req.error_status : 400;
+				respond_error(r, c, status, NULL,
+				              req.error_message ? req.error_message : "Bad request", NULL,
+				              true);
+				return;
+			}
+			if (!client_on_head(r, c, &req, (size_t)n)) {
+				c->cx.body_len = 0;
+				if (!c->closing)
+					client_exchange_done(r, c);
+				return;
+			}
+			c->state = SL_CLIENT_BODY;
+			sl_timer_arm(r, &c->timer, &r->body_q);
+			break;
+		}
+		case SL_CLIENT_BODY: {
+			size_t head_len = c->cx.head_len;
+			if (c->cx.framing == SL_BODY_LENGTH) {
+				if (c->in_len < head_len + c->cx.content_length) {
+					sl_timer_arm(r, &c->timer, &r->body_q);
+					return;
+				}
+				c->cx.body_len = c->cx.content_length;
+			} else {
+				size_t out_len = 0;
+				ssize_t n = sl_chunked_feed(&c->cx.chunked, c->in + c->cx.body_scan_off,
+				                            c->in_len - c->cx.body_scan_off,
+				                            c->in + head_len + c->cx.body_len, &out_len);
+				if (n == SL_ERROR) {
+					respond_error(r, c, 400, NULL, "Malformed chunked request body",
+					              NULL, true);
+					return;
+				}
+				c->cx.body_len += out_len;
+				size_t data_end = head_len + (size_t)c->cx.body_len;
+				size_t tail = c->in_len - c->cx.body_scan_off - (size_t)n;
+				/* close the gap left by the chunk framing */
+				memmove(c->in + data_end, c->in + c->cx.body_scan_off + n, tail);
+				c->in_len = data_end + tail;
+				c->cx.body_scan_off = (uint32_t)data_end;
+				if (c->cx.body_len > lim->body_bytes_max) {
+					respond_error(r, c, 413, NULL,
+					              "Request body is larger than the gateway accepts", NULL,
+					              true);
+					return;
+				}
+				if (!c->cx.chunked.complete) {
+					sl_timer_arm(r, &c->timer, &r->body_q);
+					return;
+				}
+			}
+			exchange_begin(r, c);
+			return;
+		}
+		default:
+			return;
+		}
+	}
+}
+
+static bool client_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,
+                           size_t len)
+{
+	size_t off = 0;
+	while (off < len) {
+		if (c->closing || c->close_after_flush)
+			return false; /* input after an error that closes: discarded */
+		if (c->state == SL_CLIENT_EXCHANGE || c->state == SL_CLIENT_FLUSH) {
+			/* a pipelined request: keep it for later */
+			size_t left = len - off;
+			if (c->in && c->in_cap - c->in_len >= left) {
+				memcpy(c->in + c->in_len, data + off, left);
+				c->in_len += left;
+				return false;
+			}
+			if (c->stash_num == SL_STASH_MAX) {
+				sl_conn_close(r, c); /* abusive pipelining */
+				return false;
+			}
+			c->stash[c->stash_num].bid = bid;
+			c->stash[c->stash_num].off = (uint16_t)off;
+			c->stash[c->stash_num].len = (uint32_t)left;
+			c->stash_num++;
+			if (c->stash_num >= SL_STASH_MAX / 2)
+				sl_conn_recv_pause(r, c);
+			return true;
+		}
+		size_t room = c->in ? c->in_cap - c->in_len : 0;
+		if (room == 0) {
+			size_t want;
+			if (c->state == SL_CLIENT_BODY) {
+				/* chunked: double; (Content-Length reserved its size up front) */
+				want = c->in_cap ? c->in_cap * 2 : INPUT_BLOCK_MIN;
+				want = SL_MIN(want, (size_t)c->cx.head_len +
+				                            r->config->limits.body_bytes_max + 8192);
+			} else {
+				want = c->in_cap ? (size_t)r->config->limits.header_bytes_max
+				                 : INPUT_BLOCK_MIN;
+			}
+			if (want <= c->in_cap || !input_reserve(r, c, want)) {
+				if (c->state == SL_CLIENT_BODY)
+					respond_error(r, c, 413, NULL,
+					              "Request body is larger than the gateway accepts",
+					              NULL, true);
+				else if (c->in_cap >= r->config->limits.header_bytes_max)
+					respond_error(r, c, 431, NULL, "Request header fields too large",
+					              NULL, true);
+				else
+					respond_error(r, c, 503, NULL,
+					              "The gateway is out of request memory; retry",
+					              "Retry-After: 1\r\n", true);
+				return false;
+			}
+			room = c->in_cap - c->in_len;
+		}
+		size_t n = SL_MIN(room, len - off);
+		memcpy(c->in + c->in_len, data + off, n);
+		c->in_len += n;
+		off += n;
+		client_process(r, c);
+	}
+	return false;
+}
+
+/* --- upstream exchange ------------------------------------------------------------- */
+
+static void upstream_release_to_pool(struct sl_reactor *r, struct sl_conn *u);
+
+/* Detaches client and upstream. */
+static void unpair(struct sl_conn *c, struct sl_conn *u)
+{
+	if (c)
+		c->peer = NULL;
+	if (u)
+		u->peer = NULL;
+}
+
+/* Closes u. If its request send is still in flight it references the
+ * client's input block: u takes that block (freed with u) and the client
+ * continues with a copy. */
+static void upstream_close(struct sl_reactor *r, struct sl_conn *u)
+{
+	struct sl_conn *c = u->peer;
+	if (c && u->send_busy && c->in && !u->ux.pinned) {
+		size_t cap;
+		char *copy = sl_bufpool_get(&r->mem, c->in_cap, &cap);
+		if (copy) {
+			memcpy(copy, c->in, c->in_len);
+			u->ux.pinned = c->in;
+			u->ux.pinned_cap = c->in_cap;
+			c->in = copy;
+			c->in_cap = cap;
+		} else {
+			/* no memory for a copy: the client cannot continue safely */
+			unpair(c, u);
+			sl_conn_close(r, c);
+		}
+	}
+	unpair(u->peer, u);
+	sl_conn_close(r, u);
+}
+
+/*
+ * upstream_fail ends the exchange of u's client because of an upstream
+ * problem. Before any response byte went to the client it gets an error in
+ * its format; after, its response is cut (the connection closes once what
+ * was relayed is flushed) so the client sees a truncated message, never a
+ * spliced one.
+ */
+static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned status,
+                          const char *type, const char *message)
+{
+	struct sl_conn *c = u->peer;
+	upstream_close(r, u);
+	if (!c || c->closing)
+		return;
+	if (!c->cx.response_started) {
+		respond_error(r, c, status, type, message, NULL, false);
+		if (!c->closing)
+			client_exchange_done(r, c);
+	} else {
+		c->keep_alive = false;
+		c->close_after_flush = true;
+		client_exchange_done(r, c);
+	}
+}
+
+static void upstream_send_request(struct sl_reactor *r, struct sl_conn *u)
+{
+	struct sl_upstream_pool *pool = &r->upstreams[u->ux.provider];
+	u->state = SL_UP_WAIT_HEAD;
+	sl_conn_send_flush(r, u);
+	sl_timer_arm(r, &u->timer, &pool->first_q);
+	sl_conn_recv_arm(r, u);
+}
+
+static struct sl_conn *upstream_take_pooled(struct sl_reactor *r, uint32_t provider)
+{
+	struct sl_upstream_pool *pool = &r->upstreams[provider];
+	struct sl_conn *u = pool->idle;
+	if (!u)
+		return NULL;
+	pool->idle = u->pool_next;
+	pool->num_idle--;
+	u->pool_next = NULL;
+	sl_timer_cancel(&u->timer);
+	u->ux.reused = true;
+	r->stats.upstream_reused++;
+	return u;
+}
+
+static void pool_unlink(struct sl_reactor *r, struct sl_conn *u)
+{
+	struct sl_upstream_pool *pool = &r->upstreams[u->ux.provider];
+	for (struct sl_conn **p = &pool->idle; *p; p = &(*p)->pool_next) {
+		if (*p == u) {
+			*p = u->pool_next;
+			pool->num_idle--;
+			break;
+		}
+	}
+	u->pool_next = NULL;
+}
+
+static struct sl_conn *upstream_connect(struct sl_reactor *r, uint32_t provider, int *out_err)
+{
+	const struct sl_provider_config *p = &r->config->providers[provider];
+	int fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*out_err = errno;
+		return NULL;
+	}
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	struct sl_conn *u = sl_conn_alloc(r, fd, SL_CONN_UPSTREAM);
+	if (!u) {
+		close(fd);
+		*out_err = EMFILE;
+		return NULL;
+	}
+	u->state = SL_UP_CONNECTING;
+	u->ux.provider = provider;
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&p->addr, p->addr_len);
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CONNECT, u->gen, u->slot));
+	u->inflight++;
+	sl_timer_arm(r, &u->timer, &r->upstreams[provider].connect_q);
+	r->stats.upstream_connects++;
+	return u;
+}
+
+static const struct sl_model_target *pick_target(const struct sl_model_config *m)
+{
+	/* Failover and weights land with the routing issue; for now the first
+	 * target of the best priority. */
+	const struct sl_model_target *best = &m->targets[0];
+	for (uint32_t i = 1; i < m->num_targets; i++)
+		if (m->targets[i].priority < best->priority)
+			best = &m->targets[i];
+	return best;
+}
+
+/*
+ * exchange_begin routes a fully received request (head + body in c->in) to
+ * an upstream and queues the rewritten request on it.
+ */
+static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
+{
+	const struct sl_config *cfg = r->config;
+	sl_timer_cancel(&c->timer);
+	c->state = SL_CLIENT_EXCHANGE;
+	r->num_exchanges++;
+
+	struct sl_http_limits hl = http_limits(r);
+	struct sl_http_request req = { .headers = r->headers };
+	ssize_t n = sl_http_parse_request(c->in, c->cx.head_len, &req, &hl);
+	SL_ASSERT(n == (ssize_t)c->cx.head_len);
+	const char *body = c->in + c->cx.head_len;
+	size_t body_len = (size_t)c->cx.body_len;
+
+	size_t ms, me;
+	bool escaped;
+	int rc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
+	if (rc != 0) {
+		respond_error(r, c, 400, NULL,
+		              rc == -ENOENT   ? "you must provide a model parameter"
+		              : rc == -EINVAL ? "model: expected a string"
+		                              : "The request body is not a valid JSON object",
+		              NULL, false);
+		client_exchange_done(r, c);
+		return;
+	}
+	char name_buf[MODEL_NAME_MAX];
+	const char *name = body + ms;
+	ssize_t name_len = (ssize_t)(me - ms);
+	if (escaped) {
+		name_len = sl_json_unescape_string(body + ms, me - ms, name_buf, sizeof name_buf);
+		name = name_buf;
+	}
+	const struct sl_model_config *model =
+	        name_len >= 0 ? sl_config_find_model(cfg, name, (size_t)name_len) : NULL;
+	if (!model) {
+		char msg[MODEL_NAME_MAX + 96];
+		snprintf(msg, sizeof msg, "The model '%.*s' does not exist or is not served here",
+		         (int)SL_MIN((size_t)SL_MAX(name_len, 0), (size_t)MODEL_NAME_MAX), name);
+		respond_error(r, c, 404, NULL, msg, NULL, false);
+		client_exchange_done(r, c);
+		return;
+	}
+	const struct sl_model_target *t = pick_target(model);
+	const struct sl_provider_config *p = &cfg->providers[t->provider];
+	if ((uint8_t)p->format != c->cx.format) {
+		respond_error(r, c, 501, NULL,
+		              c->cx.format == SL_FORMAT_ANTHROPIC
+		                      ? "This model is served in the OpenAI format; converting "
+		                        "Anthropic requests is not supported yet"
+		                      : "This model is served in the Anthropic format; converting "
+		                        "OpenAI requests is not supported yet",
+		              NULL, false);
+		client_exchange_done(r, c);
+		return;
+	}
+	if (p->tls) {
+		char msg[256];
+		snprintf(msg, sizeof msg, "provider %s: https upstreams are not supported yet",
+		         p->name);
+		respond_error(r, c, 502, "connection_error", msg, NULL, false);
+		client_exchange_done(r, c);
+		return;
+	}
+
+	/* the upstream request head */
+	size_t extra = 512 + strlen(p->base_path) + strlen(p->host);
+	for (uint32_t i = 0; i < p->num_headers; i++)
+		extra += strlen(p->headers[i].name) + strlen(p->headers[i].value) + 4;
+	const struct sl_provider_key *key = &p->keys[0];
+	extra += strlen(key->key);
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, c->cx.head_len + extra, &cap);
+	if (!block) {
+		respond_error(r, c, 503, NULL, "The gateway is out of request memory; retry",
+		              "Retry-After: 1\r\n", false);
+		client_exchange_done(r, c);
+		return;
+	}
+	struct sl_route_match m;
+	sl_router_match(req.target, req.target_len, &m);
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "POST ");
+	w_str(&w, p->base_path);
+	if (p->format == SL_FORMAT_ANTHROPIC)
+		W_LIT(&w, "/v1");
+	w_mem(&w, m.suffix.ptr, m.suffix.len);
+	w_mem(&w, m.query.ptr, m.query.len);
+	W_LIT(&w, " HTTP/1.1\r\nHost: ");
+	w_str(&w, p->host);
+	W_LIT(&w, "\r\n");
+	struct sl_str tokens[16];
+	size_t num_tokens = connection_tokens(req.headers, req.num_headers, tokens, 16);
+	bool has_version = false;
+	for (uint32_t i = 0; i < req.num_headers; i++) {
+		const struct sl_http_header *h = &req.headers[i];
+		if (is_hop_or_owned(h) || listed_in(h, tokens, num_tokens))
+			continue;
+		if (h->name_len == 17 && sl_ascii_ieq(h->name, "anthropic-version", 17))
+			has_version = true;
+		w_header(&w, h->name, h->name_len, h->value, h->value_len);
+	}
+	if (p->format == SL_FORMAT_OPENAI) {
+		W_LIT(&w, "Authorization: Bearer ");
+		w_str(&w, key->key);
+		W_LIT(&w, "\r\n");
+	} else {
+		W_LIT(&w, "x-api-key: ");
+		w_str(&w, key->key);
+		W_LIT(&w, "\r\n");
+		if (!has_version) {
+			W_LIT(&w, "anthropic-version: ");
+			w_str(&w, p->anthropic_version);
+			W_LIT(&w, "\r\n");
+		}
+	}
+	for (uint32_t i = 0; i < p->num_headers; i++)
+		w_header(&w, p->headers[i].name, strlen(p->headers[i].name), p->headers[i].value,
+		         strlen(p->headers[i].value));
+	W_LIT(&w, "x-request-id: ");
+	w_str(&w, c->cx.request_id);
+	size_t model_len = strlen(t->model);
+	W_LIT(&w, "\r\nContent-Length: ");
+	w_u64(&w, body_len - (me - ms) + model_len);
+	W_LIT(&w, "\r\n\r\n");
+	SL_ASSERT(!w.overflow);
+
+	struct sl_conn *u = c->cx.retried ? NULL : upstream_take_pooled(r, t->provider);
+	if (!u) {
+		int err = 0;
+		u = upstream_connect(r, t->provider, &err);
+		if (!u) {
+			sl_bufpool_put(&r->mem, block, cap);
+			char msg[256];
+			snprintf(msg, sizeof msg, "provider %s: cannot open a connection: %s", p->name,
+			         strerror(err));
+			respond_error(r, c, 502, "connection_error", msg, NULL, false);
+			client_exchange_done(r, c);
+			return;
+		}
+	}
+	c->peer = u;
+	u->peer = c;
+	bool ok = push_pool_block(u, block, cap, w.len);
+	if (!ok)
+		sl_bufpool_put(&r->mem, block, cap);
+	ok = ok && push_static(u, body, ms) && push_static(u, t->model, model_len) &&
+	     push_static(u, body + me, body_len - me);
+	SL_ASSERT(ok); /* a fresh or pooled upstream has an empty queue */
+	if (u->state != SL_UP_CONNECTING)
+		upstream_send_request(r, u);
+}
+
+/* Queues data (owned as described by tmpl) for the client and tracks the
+ * response framing. Returns true when the client now owns the buffer. */
+static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
+                       const char *data, size_t len, const struct sl_send_entry *tmpl)
+{
+	size_t take = len;
+	bool done = false;
+	switch ((enum sl_http_framing)u->ux.framing) {
+	case SL_BODY_NONE:
+		take = 0;
+		done = true;
+		break;
+	case SL_BODY_LENGTH:
+		take = (size_t)SL_MIN((uint64_t)len, u->ux.body_left);
+		u->ux.body_left -= take;
+		done = u->ux.body_left == 0;
+		break;
+	case SL_BODY_CHUNKED: {
+		ssize_t n = sl_chunked_feed(&u->ux.chunked, data, len, NULL, NULL);
+		if (n == SL_ERROR) {
+			/* relay what we have, then cut: the client sees a truncated body */
+			u->ux.resp_keep_alive = false;
+			upstream_fail(r, u, 502, "upstream_error", "invalid chunked framing upstream");
+			return false;
+		}
+		take = (size_t)n;
+		done = u->ux.chunked.complete;
+		break;
+	}
+	case SL_BODY_UNTIL_CLOSE:
+		break;
+	}
+	if (take < len)
+		u->ux.resp_keep_alive = false; /* bytes after the response: not reusable */
+	bool kept = false;
+	if (take > 0) {
+		struct sl_send_entry e = *tmpl;
+		e.ptr = data;
+		e.len = (uint32_t)take;
+		if (!sl_conn_send_push(c, &e)) {
+			/* cannot happen while the pause threshold leaves slack; be safe */
+			u->ux.resp_keep_alive = false;
+			upstream_fail(r, u, 502, "upstream_error", "relay queue overflow");
+			return false;
+		}
+		kept = true;
+		if (c->sq.num >= relay_pause_at(r) && !done) {
+			sl_conn_recv_pause(r, u);
+			sl_timer_cancel(&u->timer); /* a stall is the client's, not upstream's */
+		}
+	}
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+	if (done) {
+		upstream_release_to_pool(r, u); /* unpairs */
+		client_exchange_done(r, c);
+	} else if (!u->recv_paused) {
+		sl_timer_arm(r, &u->timer, &r->upstreams[u->ux.provider].idle_q);
+	}
+	return kept;
+}
+
+/* Builds and queues the client's response head from the upstream's. */
+static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
+                       const struct sl_http_response *resp)
+{
+	size_t need = 256;
+	for (uint32_t i = 0; i < resp->num_headers; i++)
+		need += resp->headers[i].name_len + resp->headers[i].value_len + 4;
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, need, &cap);
+	if (!block)
+		return false;
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "HTTP/1.1 ");
+	w_u64(&w, resp->status);
+	W_LIT(&w, " ");
+	if (resp->reason_len)
+		w_mem(&w, resp->reason, resp->reason_len);
+	else
+		w_str(&w, sl_http_status_reason(resp->status));
+	W_LIT(&w, "\r\n");
+	struct sl_str tokens[16];
+	size_t num_tokens = connection_tokens(resp->headers, resp->num_headers, tokens, 16);
+	for (uint32_t i = 0; i < resp->num_headers; i++) {
+		const struct sl_http_header *h = &resp->headers[i];
+		if (is_hop_or_owned(h) || listed_in(h, tokens, num_tokens))
+			continue;
+		if (h->name_len == 12 && sl_ascii_ieq(h->name, "content-type", 12) &&
+		    h->value_len >= 17 && sl_ascii_ieq(h->value, "text/event-stream", 17))
+			u->ux.is_sse = true;
+		w_header(&w, h->name, h->name_len, h->value, h->value_len);
+	}
+	W_LIT(&w, "x-request-id: ");
+	w_str(&w, c->cx.request_id);
+	W_LIT(&w, "\r\n");
+	switch (resp->framing) {
+	case SL_BODY_LENGTH:
+		W_LIT(&w, "Content-Length: ");
+		w_u64(&w, resp->content_length);
+		W_LIT(&w, "\r\n");
+		break;
+	case SL_BODY_CHUNKED:
+		W_LIT(&w, "Transfer-Encoding: chunked\r\n");
+		break;
+	case SL_BODY_UNTIL_CLOSE:
+		c->keep_alive = false;
+		break;
+	case SL_BODY_NONE:
+		if (resp->status != 204 && resp->status != 304)
+			W_LIT(&w, "Content-Length: 0\r\n");
+		break;
+	}
+	if (!c->keep_alive)
+		W_LIT(&w, "Connection: close\r\n");
+	W_LIT(&w, "\r\n");
+	SL_ASSERT(!w.overflow);
+	if (!push_pool_block(c, block, cap, w.len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		return false;
+	}
+	c->cx.response_started = true;
+	return true;
+}
+
+static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t bid, char *data,
+                             size_t len)
+{
+	struct sl_conn *c = u->peer;
+	if (u->state == SL_UP_POOLED || !c) {
+		/* bytes nobody asked for: the connection cannot be trusted */
+		if (u->state == SL_UP_POOLED)
+			pool_unlink(r, u);
+		upstream_close(r, u);
+		return false;
+	}
+	struct sl_send_entry tmpl = { .owner = SL_OWN_RING, .bid = bid };
+	if (u->state == SL_UP_BODY)
+		return relay_body(r, u, c, data, len, &tmpl);
+
+	SL_ASSERT(u->state == SL_UP_WAIT_HEAD);
+	const struct sl_limits_config *lim = &r->config->limits;
+	const char *src = data;
+	size_t src_len = len;
+	if (u->in_len) {
+		/* the head was split across recvs: assemble it */
+		size_t n = SL_MIN(len, u->in_cap - u->in_len);
+		memcpy(u->in + u->in_len, data, n);
+		u->in_len += n;
+		if (n < len) {
+			upstream_fail(r, u, 502, "upstream_error", "upstream response head too large");
+			return false;
+		}
+		src = u->in;
+		src_len = u->in_len;
+	}
+	struct sl_http_limits hl = http_limits(r);
+	struct sl_http_response resp;
+	ssize_t n;
+	for (;;) {
+		resp = (struct sl_http_response){ .headers = r->headers };
+		n = sl_http_parse_response(src, src_len, &resp, &hl, SL_METHOD_POST);
+		if (n >= 0 && resp.status >= 100 && resp.status < 200 && resp.status != 101) {
+			src += n; /* interim response: skip */
+			src_len -= (size_t)n;
+			continue;
+		}
+		break;
+	}
+	if (n == SL_INCOMPLETE) {
+		if (src != u->in) {
+			size_t cap;
+			char *block = sl_bufpool_get(&r->mem, lim->header_bytes_max, &cap);
+			if (!block || src_len > cap) {
+				sl_bufpool_put(&r->mem, block, cap);
+				upstream_fail(r, u, 502, "upstream_error", "upstream response head too large");
+				return false;
+			}
+			memcpy(block, src, src_len);
+			u->in = block;
+			u->in_cap = cap;
+			u->in_len = src_len;
+		} else if (u->in_len >= u->in_cap) {
+			upstream_fail(r, u, 502, "upstream_error", "upstream response head too large");
+		}
+		return false;
+	}
+	if (n == SL_ERROR || resp.status == 101) {
+		char msg[192];
+		snprintf(msg, sizeof msg, "provider %s sent an invalid HTTP response: %s",
+		         r->config->providers[u->ux.provider].name,
+		         resp.error_message ? resp.error_message : "status 101");
+		upstream_fail(r, u, 502, "upstream_error", msg);
+		return false;
+	}
+	if (!relay_head(r, u, c, &resp)) {
+		upstream_fail(r, u, 503, NULL, "The gateway is out of response memory; retry");
+		return false;
+	}
+	u->state = SL_UP_BODY;
+	u->ux.framing = (uint8_t)resp.framing;
+	u->ux.body_left = resp.content_length;
+	u->ux.resp_keep_alive = resp.keep_alive;
+	sl_chunked_init(&u->ux.chunked);
+	const char *rest = src + n;
+	size_t rest_len = src_len - (size_t)n;
+	if (src == u->in) {
+		/* the body's first bytes live in the assembly block: hand it over */
+		struct sl_send_entry own = {
+			.owner = SL_OWN_POOL,
+			.block = u->in,
+			.block_class = (uint8_t)sl_bufpool_class(u->in_cap),
+		};
+		u->in = NULL;
+		u->in_len = u->in_cap = 0;
+		if (!relay_body(r, u, c, rest, rest_len, &own))
+			sl_send_entry_release(r, &own);
+		return false;
+	}
+	return relay_body(r, u, c, rest, rest_len, &tmpl);
+}
+
+static void upstream_release_to_pool(struct sl_reactor *r, struct sl_conn *u)
+{
+	struct sl_upstream_pool *pool = &r->upstreams[u->ux.provider];
+	const struct sl_provider_config *p = &r->config->providers[u->ux.provider];
+	sl_timer_cancel(&u->timer);
+	if (!u->ux.resp_keep_alive || u->send_busy || u->sq.num || r->stopping ||
+	    pool->num_idle >= p->keepalive_per_core || u->closing) {
+		upstream_close(r, u); /* unpairs, pinning the client's input if needed */
+		return;
+	}
+	unpair(u->peer, u);
+	sl_bufpool_put(&r->mem, u->in, u->in_cap);
+	u->in = NULL;
+	u->in_len = u->in_cap = 0;
+	memset(&u->ux, 0, offsetof(typeof(u->ux), pinned));
+	u->ux.provider = (uint32_t)(pool - r->upstreams);
+	u->state = SL_UP_POOLED;
+	u->pool_next = pool->idle;
+	pool->idle = u;
+	pool->num_idle++;
+	sl_timer_arm(r, &u->timer, &r->up_pool_q);
+	sl_conn_recv_resume(r, u);
+	sl_conn_recv_arm(r, u); /* an idle connection still notices EOF */
+}
+
+/* A pooled connection failed before any response byte: the upstream closed
+ * it while it sat idle. Retry once on a fresh connection. */
+static bool upstream_retry_stale(struct sl_reactor *r, struct sl_conn *u)
+{
+	struct sl_conn *c = u->peer;
+	if (!c || !u->ux.reused || u->state != SL_UP_WAIT_HEAD || u->in_len || c->cx.retried ||
+	    c->cx.response_started)
+		return false;
+	upstream_close(r, u);
+	if (c->closing)
+		return true;
+	c->cx.retried = true;
+	r->num_exchanges--;
+	exchange_begin(r, c);
+	return true;
+}
+
+/* --- callbacks from the reactor ---------------------------------------------------- */
+
+void sl_proxy_on_accept(struct sl_reactor *r, int fd)
+{
+	struct sl_conn *c = sl_conn_alloc(r, fd, SL_CONN_CLIENT);
+	if (!c) {
+		close(fd); /* connections_per_core reached */
+		return;
+	}
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	r->stats.accepted++;
+	r->num_clients++;
+	c->state = SL_CLIENT_IDLE;
+	c->keep_alive = true;
+	/* a connection that sends nothing gets the header deadline, not keep-alive's */
+	sl_timer_arm(r, &c->timer, &r->header_q);
+	sl_conn_recv_arm(r, c);
+}
+
+bool sl_proxy_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,
+                      size_t len)
+{
+	if (c->kind == SL_CONN_CLIENT)
+		return client_on_data(r, c, bid, data, len);
+	return upstream_on_data(r, c, bid, data, len);
+}
+
+void sl_proxy_on_eof(struct sl_reactor *r, struct sl_conn *c, int err)
+{
+	if (c->kind == SL_CONN_CLIENT) {
+		/* The client went away (or half-closed): nothing more can be
+		 * answered. Its upstream request is cancelled by closing it. */
+		if (c->peer)
+			upstream_close(r, c->peer);
+		sl_conn_close(r, c);
+		return;
+	}
+	struct sl_conn *u = c;
+	switch (u->state) {
+	case SL_UP_POOLED:
+		pool_unlink(r, u);
+		upstream_close(r, u);
+		break;
+	case SL_UP_WAIT_HEAD:
+		if (upstream_retry_stale(r, u))
+			break;
+		upstream_fail(r, u, 502, "upstream_error",
+		              err ? "the provider reset the connection before responding"
+		                  : "the provider closed the connection before responding");
+		break;
+	case SL_UP_BODY:
+		if (u->ux.framing == SL_BODY_UNTIL_CLOSE && err == 0) {
+			struct sl_conn *cl = u->peer;
+			u->ux.resp_keep_alive = false;
+			unpair(cl, u);
+			upstream_close(r, u);
+			if (cl)
+				client_exchange_done(r, cl);
+		} else {
+			upstream_fail(r, u, 502, "upstream_error", "the provider ended the stream early");
+		}
+		break;
+	default:
+		upstream_close(r, u);
+		break;
+	}
+}
+
+void sl_proxy_on_send_error(struct sl_reactor *r, struct sl_conn *c, int err)
+{
+	if (c->kind == SL_CONN_CLIENT) {
+		sl_proxy_on_eof(r, c, err);
+		return;
+	}
+	if (upstream_retry_stale(r, c))
+		return;
+	upstream_fail(r, c, 502, "upstream_error", "could not send the request to the provider");
+}
+
+void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->kind != SL_CONN_CLIENT)
+		return;
+	client_send_timer(r, c);
+	struct sl_conn *u = c->peer;
+	if (u && u->recv_paused && c->sq.num <= relay_pause_at(r) / 2) {
+		sl_conn_recv_resume(r, u);
+		sl_timer_arm(r, &u->timer, &r->upstreams[u->ux.provider].idle_q);
+	}
+	if (c->sq.num || c->send_busy)
+		return;
+	if (c->close_after_flush && c->state != SL_CLIENT_EXCHANGE) {
+		sl_conn_close(r, c);
+		return;
+	}
+	if (c->state == SL_CLIENT_FLUSH) {
+		if (!c->keep_alive)
+			sl_conn_close(r, c);
+		else
+			client_next_request(r, c);
+	}
+}
+
+void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *u, int res)
+{
+	if (res < 0) {
+		char msg[256];
+		snprintf(msg, sizeof msg, "provider %s is unreachable: %s",
+		         r->config->providers[u->ux.provider].name, strerror(-res));
+		upstream_fail(r, u, 502, "connection_error", msg);
+		return;
+	}
+	if (!u->peer) {
+		upstream_close(r, u);
+		return;
+	}
+	upstream_send_request(r, u);
+}
+
+void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_kind kind)
+{
+	char msg[192];
+	const char *provider =
+	        c->kind == SL_CONN_UPSTREAM ? r->config->providers[c->ux.provider].name : "";
+	switch (kind) {
+	case SL_TIMER_HEADER:
+		if (c->state == SL_CLIENT_IDLE && c->in_len == 0) {
+			sl_conn_close(r, c); /* never said anything */
+			return;
+		}
+		/* fallthrough */
+	case SL_TIMER_BODY:
+		if (c->cx.response_started) {
+			sl_conn_close(r, c);
+			return;
+		}
+		respond_error(r, c, 408, NULL, "The client took too long to send the request", NULL,
+		              true);
+		return;
+	case SL_TIMER_KEEPALIVE:
+	case SL_TIMER_SEND:
+		sl_proxy_on_eof(r, c, -ETIMEDOUT);
+		return;
+	case SL_TIMER_UP_CONNECT:
+		snprintf(msg, sizeof msg, "provider %s: connect timed out", provider);
+		upstream_fail(r, c, 502, "connection_error", msg);
+		return;
+	case SL_TIMER_UP_FIRST:
+		snprintf(msg, sizeof msg, "provider %s did not answer in time", provider);
+		upstream_fail(r, c, 504, "upstream_timeout", msg);
+		return;
+	case SL_TIMER_UP_IDLE:
+		snprintf(msg, sizeof msg, "provider %s stalled mid-response", provider);
+		upstream_fail(r, c, 504, "upstream_timeout", msg);
+		return;
+	case SL_TIMER_UP_POOL:
+		pool_unlink(r, c);
+		upstream_close(r, c);
+		return;
+	}
+}
+
+void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->kind == SL_CONN_CLIENT) {
+		if (c->state == SL_CLIENT_EXCHANGE)
+			r->num_exchanges--;
+		r->num_clients--;
+		if (c->peer) {
+			struct sl_conn *u = c->peer;
+			unpair(c, u);
+			sl_conn_close(r, u);
+		}
+	} else {
+		if (c->state == SL_UP_POOLED)
+			pool_unlink(r, c); /* idempotent */
+		if (c->peer) {
+			struct sl_conn *cl = c->peer;
+			unpair(cl, c);
+		}
+	}
+}
+
+void sl_proxy_on_shutdown(struct sl_reactor *r)
+{
+	for (uint32_t i = 0; i < r->conn_cap; i++) {
+		struct sl_conn *c = &r->conns[i];
+		if (c->kind == SL_CONN_FREE || c->closing)
+			continue;
+		if (c->kind == SL_CONN_CLIENT) {
+			if (c->state == SL_CLIENT_IDLE || c->state == SL_CLIENT_HEAD)
+				sl_conn_close(r, c);
+			else
+				c->keep_alive = false;
+		} else if (c->state == SL_UP_POOLED) {
+			pool_unlink(r, c);
+			sl_conn_close(r, c);
+		}
+	}
+}

@@ -1,0 +1,685 @@
+/*
+ * reactor.c - the per-core event loop: ring setup, provided buffers,
+ * connection slots, send queues, timers and the completion dispatch.
+ * Protocol decisions live in proxy.c; this file only moves bytes and
+ * keeps the bookkeeping that makes io_uring safe to use (a slot is never
+ * reused while an operation that references it is in flight).
+ */
+#include "sluice/reactor.h"
+
+#include "config.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SL_RING_ENTRIES 4096
+#define SL_BUF_GROUP 0
+#define SL_DRAIN_TIMEOUT_MS 30000 /* SIGTERM: in-flight exchanges get this long */
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* --- timers ---------------------------------------------------------------- */
+
+void sl_timer_queue_init(struct sl_timer_queue *q, uint32_t duration_ms, enum sl_timer_kind kind)
+{
+	q->list.prev = q->list.next = &q->list;
+	q->duration_ms = duration_ms;
+	q->kind = (uint8_t)kind;
+}
+
+void sl_timer_cancel(struct sl_timer *t)
+{
+	if (!t->queue)
+		return;
+	t->prev->next = t->next;
+	t->next->prev = t->prev;
+	t->prev = t->next = NULL;
+	t->queue = NULL;
+}
+
+void sl_timer_arm(struct sl_reactor *r, struct sl_timer *t, struct sl_timer_queue *q)
+{
+	sl_timer_cancel(t);
+	t->deadline_ms = r->now_ms + q->duration_ms;
+	t->queue = q;
+	t->prev = q->list.prev;
+	t->next = &q->list;
+	q->list.prev->next = t;
+	q->list.prev = t;
+}
+
+static uint64_t queue_next(const struct sl_timer_queue *q)
+{
+	return q->list.next != &q->list ? q->list.next->deadline_ms : UINT64_MAX;
+}
+
+#define FOR_EACH_QUEUE(r, q, body)                                                      \
+	do {                                                                            \
+		struct sl_timer_queue *fixed_[] = { &(r)->header_q, &(r)->body_q,       \
+			                            &(r)->keepalive_q, &(r)->send_q,    \
+			                            &(r)->up_pool_q };                  \
+		for (size_t i_ = 0; i_ < SL_ARRAY_LEN(fixed_); i_++) {                  \
+			struct sl_timer_queue *q = fixed_[i_];                          \
+			body;                                                           \
+		}                                                                       \
+		for (uint32_t p_ = 0; p_ < (r)->config->num_providers; p_++) {          \
+			struct sl_upstream_pool *up_ = &(r)->upstreams[p_];             \
+			struct sl_timer_queue *ups_[] = { &up_->connect_q, &up_->first_q,  \
+				                          &up_->idle_q };               \
+			for (size_t j_ = 0; j_ < 3; j_++) {                             \
+				struct sl_timer_queue *q = ups_[j_];                    \
+				body;                                                   \
+			}                                                               \
+		}                                                                       \
+	} while (0)
+
+static uint64_t next_deadline(struct sl_reactor *r)
+{
+	uint64_t next = UINT64_MAX;
+	FOR_EACH_QUEUE(r, q, next = SL_MIN(next, queue_next(q)));
+	return next;
+}
+
+static void expire_timers(struct sl_reactor *r)
+{
+	FOR_EACH_QUEUE(r, q, {
+		/* bounded: each expiry unlinks one timer */
+		while (q->list.next != &q->list && q->list.next->deadline_ms <= r->now_ms) {
+			struct sl_timer *t = q->list.next;
+			sl_timer_cancel(t);
+			struct sl_conn *c = (struct sl_conn *)((char *)t - offsetof(struct sl_conn, timer));
+			sl_proxy_on_timer(r, c, (enum sl_timer_kind)q->kind);
+		}
+	});
+}
+
+/* --- submission helpers ---------------------------------------------------- */
+
+struct io_uring_sqe *sl_reactor_sqe(struct sl_reactor *r)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	if (SL_UNLIKELY(!sqe)) {
+		io_uring_submit(&r->ring);
+		sqe = io_uring_get_sqe(&r->ring);
+		SL_ASSERT(sqe != NULL);
+	}
+	return sqe;
+}
+
+static void arm_accept(struct sl_reactor *r, uint32_t i)
+{
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	io_uring_prep_multishot_accept(sqe, r->listen_fds[i], NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_ACCEPT, 0, i));
+}
+
+static void arm_eventfd(struct sl_reactor *r)
+{
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	io_uring_prep_read(sqe, r->event_fd, &r->event_value, sizeof r->event_value, 0);
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_EVENTFD, 0, 0));
+}
+
+/* --- provided buffers ------------------------------------------------------ */
+
+void sl_buf_return(struct sl_reactor *r, uint16_t bid)
+{
+	SL_ASSERT_HOT(bid < r->buf_count);
+	SL_ASSERT(r->buf_out > 0);
+	io_uring_buf_ring_add(r->buf_ring, r->buf_base + (size_t)bid * r->buf_size, r->buf_size,
+	                      bid, io_uring_buf_ring_mask(r->buf_count),
+	                      (int)r->buf_pending_returns);
+	r->buf_pending_returns++;
+	r->buf_out--;
+}
+
+static void buf_flush_returns(struct sl_reactor *r)
+{
+	if (r->buf_pending_returns) {
+		io_uring_buf_ring_advance(r->buf_ring, (int)r->buf_pending_returns);
+		r->buf_pending_returns = 0;
+	}
+}
+
+/* --- connections ------------------------------------------------------------ */
+
+struct sl_conn *sl_conn_alloc(struct sl_reactor *r, int fd, enum sl_conn_kind kind)
+{
+	if (r->conn_free_num == 0)
+		return NULL;
+	uint32_t slot = r->conn_free[--r->conn_free_num];
+	struct sl_conn *c = &r->conns[slot];
+	SL_ASSERT(c->kind == SL_CONN_FREE && c->inflight == 0);
+	uint32_t gen = c->gen;
+	memset(c, 0, offsetof(struct sl_conn, sq));
+	c->sq.head = c->sq.num = c->sq.num_inflight = 0;
+	c->sq.head_off = 0;
+	memset(&c->cx, 0, sizeof c->cx);
+	memset(&c->ux, 0, sizeof c->ux);
+	c->gen = gen;
+	c->slot = slot;
+	c->fd = fd;
+	c->kind = (uint8_t)kind;
+	return c;
+}
+
+void sl_send_entry_release(struct sl_reactor *r, struct sl_send_entry *e)
+{
+	if (e->owner == SL_OWN_RING)
+		sl_buf_return(r, e->bid);
+	else if (e->owner == SL_OWN_POOL)
+		sl_bufpool_put(&r->mem, e->block, (size_t)1 << e->block_class);
+	e->owner = SL_OWN_NONE;
+}
+
+static void starved_unlink(struct sl_reactor *r, struct sl_conn *c)
+{
+	for (struct sl_conn **p = &r->starved; *p; p = &(*p)->starved_next) {
+		if (*p == c) {
+			*p = c->starved_next;
+			break;
+		}
+	}
+	c->recv_starved = false;
+	c->starved_next = NULL;
+}
+
+static void conn_maybe_free(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->kind == SL_CONN_FREE || !c->closing || c->inflight != 0)
+		return;
+	if (c->recv_starved)
+		starved_unlink(r, c);
+	sl_proxy_on_release(r, c);
+	for (unsigned i = 0; i < c->stash_num; i++)
+		sl_buf_return(r, c->stash[i].bid);
+	c->stash_num = 0;
+	while (c->sq.num) {
+		sl_send_entry_release(r, &c->sq.entries[c->sq.head]);
+		c->sq.head = (uint8_t)((c->sq.head + 1) & (SL_SENDQ_CAP - 1));
+		c->sq.num--;
+	}
+	sl_bufpool_put(&r->mem, c->in, c->in_cap);
+	c->in = NULL;
+	sl_bufpool_put(&r->mem, c->ux.pinned, c->ux.pinned_cap);
+	c->ux.pinned = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->kind = SL_CONN_FREE;
+	c->closing = false;
+	c->gen = (c->gen + 1) & 0xFFFFFF;
+	r->conn_free[r->conn_free_num++] = c->slot;
+}
+
+void sl_conn_close(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	sl_timer_cancel(&c->timer);
+	if (c->inflight) {
+		/* Cancel whatever is pending on the socket; the completions come
+		 * back with -ECANCELED (or their real result) and the slot is
+		 * freed when the last one is seen. */
+		struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CANCEL, c->gen, c->slot));
+	}
+	conn_maybe_free(r, c);
+}
+
+void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->recv_armed || c->closing || c->recv_paused || c->recv_starved)
+		return;
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = SL_BUF_GROUP;
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_RECV, c->gen, c->slot));
+	c->recv_armed = true;
+	c->inflight++;
+}
+
+void sl_conn_recv_pause(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->recv_paused)
+		return;
+	c->recv_paused = true;
+	if (c->recv_armed) {
+		struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+		io_uring_prep_cancel64(sqe, sl_ud(SL_OP_RECV, c->gen, c->slot), 0);
+		io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CANCEL, c->gen, c->slot));
+	}
+	if (c->recv_starved)
+		starved_unlink(r, c);
+}
+
+void sl_conn_recv_resume(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->recv_paused)
+		return;
+	c->recv_paused = false;
+	sl_conn_recv_arm(r, c);
+}
+
+bool sl_conn_send_push(struct sl_conn *c, const struct sl_send_entry *e)
+{
+	if (c->sq.num >= SL_SENDQ_CAP)
+		return false;
+	c->sq.entries[(c->sq.head + c->sq.num) & (SL_SENDQ_CAP - 1)] = *e;
+	c->sq.num++;
+	return true;
+}
+
+void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->send_busy || c->sq.num == 0 || c->closing)
+		return;
+	unsigned n = SL_MIN((unsigned)c->sq.num, (unsigned)SL_SEND_IOV_MAX);
+	for (unsigned i = 0; i < n; i++) {
+		struct sl_send_entry *e = &c->sq.entries[(c->sq.head + i) & (SL_SENDQ_CAP - 1)];
+		uint32_t off = i == 0 ? c->sq.head_off : 0;
+		c->iov[i].iov_base = (void *)(e->ptr + off);
+		c->iov[i].iov_len = e->len - off;
+	}
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	if (n == 1) {
+		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		memset(&c->msg, 0, sizeof c->msg);
+		c->msg.msg_iov = c->iov;
+		c->msg.msg_iovlen = n;
+		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	}
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_SEND, c->gen, c->slot));
+	c->sq.num_inflight = (uint8_t)n;
+	c->send_busy = true;
+	c->inflight++;
+}
+
+/* Drops res sent bytes from the head of c's queue. */
+static void sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t res)
+{
+	while (res > 0) {
+		SL_ASSERT(c->sq.num > 0);
+		struct sl_send_entry *e = &c->sq.entries[c->sq.head];
+		size_t left = e->len - c->sq.head_off;
+		if (res < left) {
+			c->sq.head_off += (uint32_t)res;
+			return;
+		}
+		res -= left;
+		sl_send_entry_release(r, e);
+		c->sq.head = (uint8_t)((c->sq.head + 1) & (SL_SENDQ_CAP - 1));
+		c->sq.num--;
+		c->sq.head_off = 0;
+	}
+	/* Zero-length entries at the head are done too. */
+	while (c->sq.num && c->sq.entries[c->sq.head].len == 0) {
+		sl_send_entry_release(r, &c->sq.entries[c->sq.head]);
+		c->sq.head = (uint8_t)((c->sq.head + 1) & (SL_SENDQ_CAP - 1));
+		c->sq.num--;
+	}
+}
+
+/* --- completion handlers ------------------------------------------------------ */
+
+static struct sl_conn *conn_of(struct sl_reactor *r, uint64_t ud)
+{
+	uint32_t slot = (uint32_t)ud;
+	SL_ASSERT(slot < r->conn_cap);
+	struct sl_conn *c = &r->conns[slot];
+	SL_ASSERT(c->kind != SL_CONN_FREE && c->gen == ((ud >> 32) & 0xFFFFFF));
+	return c;
+}
+
+static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
+{
+	struct sl_conn *c = conn_of(r, cqe->user_data);
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+	bool has_buf = cqe->flags & IORING_CQE_F_BUFFER;
+	uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+	if (has_buf)
+		r->buf_out++;
+	if (!more) {
+		c->recv_armed = false;
+		c->inflight--;
+	}
+	int res = cqe->res;
+	if (c->closing) {
+		if (has_buf)
+			sl_buf_return(r, bid);
+	} else if (res > 0) {
+		SL_ASSERT(has_buf);
+		if (!sl_proxy_on_data(r, c, bid, r->buf_base + (size_t)bid * r->buf_size,
+		                      (size_t)res))
+			sl_buf_return(r, bid);
+		if (!more && !c->closing)
+			sl_conn_recv_arm(r, c);
+	} else if (res == -ENOBUFS) {
+		r->stats.recv_enobufs++;
+		if (!c->recv_paused && !c->recv_starved) {
+			c->recv_starved = true;
+			c->starved_next = r->starved;
+			r->starved = c;
+		}
+	} else if (res == -ECANCELED) {
+		/* paused on purpose; resume re-arms */
+	} else {
+		if (has_buf)
+			sl_buf_return(r, bid);
+		sl_proxy_on_eof(r, c, res);
+	}
+	conn_maybe_free(r, c);
+}
+
+static void handle_send(struct sl_reactor *r, struct io_uring_cqe *cqe)
+{
+	struct sl_conn *c = conn_of(r, cqe->user_data);
+	c->inflight--;
+	c->send_busy = false;
+	c->sq.num_inflight = 0;
+	if (!c->closing) {
+		if (cqe->res < 0) {
+			sl_proxy_on_send_error(r, c, cqe->res);
+		} else {
+			sendq_consume(r, c, (size_t)cqe->res);
+			sl_conn_send_flush(r, c);
+			sl_proxy_on_sent(r, c);
+		}
+	}
+	conn_maybe_free(r, c);
+}
+
+static void handle_mailbox(struct sl_reactor *r)
+{
+	void *item;
+	while (ck_ring_dequeue_mpsc(&r->mailbox, r->mailbox_buf, &item)) {
+		uintptr_t v = (uintptr_t)item;
+		struct sl_msg msg = { .type = (uint32_t)(v >> 32), .arg = (uint32_t)v };
+		if (msg.type == SL_MSG_SHUTDOWN && !r->stopping) {
+			r->stopping = true;
+			r->accepting = false;
+			for (uint32_t i = 0; i < r->num_listen; i++) {
+				struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+				io_uring_prep_cancel_fd(sqe, r->listen_fds[i], IORING_ASYNC_CANCEL_ALL);
+				io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CANCEL, 0, 0));
+			}
+			sl_proxy_on_shutdown(r);
+		}
+	}
+}
+
+static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	switch ((enum sl_op)(ud >> 56)) {
+	case SL_OP_ACCEPT:
+		if (cqe->res >= 0) {
+			if (r->accepting)
+				sl_proxy_on_accept(r, cqe->res);
+			else
+				close(cqe->res);
+		} else if (cqe->res != -ECANCELED) {
+			fprintf(stderr, "sluice: reactor %u: accept: %s\n", r->index,
+			        strerror(-cqe->res));
+		}
+		if (!(cqe->flags & IORING_CQE_F_MORE) && r->accepting)
+			arm_accept(r, (uint32_t)ud);
+		break;
+	case SL_OP_RECV:
+		handle_recv(r, cqe);
+		break;
+	case SL_OP_SEND:
+		handle_send(r, cqe);
+		break;
+	case SL_OP_CONNECT: {
+		struct sl_conn *c = conn_of(r, ud);
+		c->inflight--;
+		if (!c->closing)
+			sl_proxy_on_connect(r, c, cqe->res);
+		conn_maybe_free(r, c);
+		break;
+	}
+	case SL_OP_EVENTFD:
+		handle_mailbox(r);
+		if (!(r->stopping && r->conn_free_num == r->conn_cap))
+			arm_eventfd(r);
+		break;
+	case SL_OP_CANCEL:
+		break;
+	default:
+		SL_ASSERT(!"unknown op in user_data");
+	}
+}
+
+/* --- setup and loop ------------------------------------------------------------ */
+
+int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
+                    const struct sl_config *config, int *listen_fds, uint32_t num_listen)
+{
+	*r = (struct sl_reactor){ 0 };
+	r->index = index;
+	r->cpu = cpu;
+	r->config = config;
+	r->listen_fds = listen_fds;
+	r->num_listen = num_listen;
+	r->event_fd = -1;
+	const struct sl_limits_config *lim = &config->limits;
+
+	r->conn_cap = lim->connections_per_core;
+	r->conns = calloc(r->conn_cap, sizeof *r->conns);
+	r->conn_free = calloc(r->conn_cap, sizeof *r->conn_free);
+	r->headers = calloc(lim->headers_num_max + 1, sizeof *r->headers);
+	r->upstreams = calloc(config->num_providers ? config->num_providers : 1,
+	                      sizeof *r->upstreams);
+	if (!r->conns || !r->conn_free || !r->headers || !r->upstreams)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < r->conn_cap; i++) {
+		r->conns[i].fd = -1;
+		r->conn_free[i] = r->conn_cap - 1 - i; /* low slots first */
+	}
+	r->conn_free_num = r->conn_cap;
+
+	int rc = sl_bufpool_init(&r->mem, lim->memory_per_core_bytes);
+	if (rc)
+		return rc;
+	r->buf_size = lim->recv_buffer_bytes;
+	r->buf_count = lim->recv_buffers_per_core;
+	SL_ASSERT((r->buf_count & (r->buf_count - 1)) == 0 && r->buf_count <= 32768);
+	void *bufs = mmap(NULL, (size_t)r->buf_size * r->buf_count, PROT_READ | PROT_WRITE,
+	                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (bufs == MAP_FAILED)
+		return -errno;
+	r->buf_base = bufs;
+
+	sl_timer_queue_init(&r->header_q, lim->header_timeout_ms, SL_TIMER_HEADER);
+	sl_timer_queue_init(&r->body_q, lim->body_timeout_ms, SL_TIMER_BODY);
+	sl_timer_queue_init(&r->keepalive_q, lim->keepalive_timeout_ms, SL_TIMER_KEEPALIVE);
+	sl_timer_queue_init(&r->send_q, lim->send_timeout_ms, SL_TIMER_SEND);
+	sl_timer_queue_init(&r->up_pool_q, lim->keepalive_timeout_ms, SL_TIMER_UP_POOL);
+	for (uint32_t p = 0; p < config->num_providers; p++) {
+		const struct sl_provider_config *pc = &config->providers[p];
+		struct sl_upstream_pool *up = &r->upstreams[p];
+		sl_timer_queue_init(&up->connect_q, pc->connect_timeout_ms, SL_TIMER_UP_CONNECT);
+		sl_timer_queue_init(&up->first_q, pc->first_byte_timeout_ms, SL_TIMER_UP_FIRST);
+		sl_timer_queue_init(&up->idle_q, pc->idle_timeout_ms, SL_TIMER_UP_IDLE);
+	}
+
+	ck_ring_init(&r->mailbox, SL_MAILBOX_CAP);
+	r->event_fd = eventfd(0, EFD_CLOEXEC);
+	if (r->event_fd < 0)
+		return -errno;
+	return 0;
+}
+
+void sl_reactor_destroy(struct sl_reactor *r)
+{
+	for (uint32_t i = 0; i < r->num_listen; i++)
+		if (r->listen_fds[i] >= 0)
+			close(r->listen_fds[i]);
+	free(r->listen_fds);
+	if (r->event_fd >= 0)
+		close(r->event_fd);
+	if (r->buf_base)
+		munmap(r->buf_base, (size_t)r->buf_size * r->buf_count);
+	sl_bufpool_destroy(&r->mem);
+	free(r->conns);
+	free(r->conn_free);
+	free(r->headers);
+	free(r->upstreams);
+}
+
+int sl_reactor_post(struct sl_reactor *r, const struct sl_msg *msg)
+{
+	void *item = (void *)((uintptr_t)msg->type << 32 | msg->arg);
+	if (!ck_ring_enqueue_mpsc(&r->mailbox, r->mailbox_buf, item))
+		return -EAGAIN;
+	uint64_t one = 1;
+	if (write(r->event_fd, &one, sizeof one) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Creates the ring with the best flags the kernel accepts. */
+static int ring_setup(struct sl_reactor *r)
+{
+	static const unsigned flag_sets[] = {
+#if SL_HAVE_SETUP_SINGLE_ISSUER && SL_HAVE_SETUP_DEFER_TASKRUN
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+#endif
+		IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
+	int rc = -EINVAL;
+	for (size_t i = 0; i < SL_ARRAY_LEN(flag_sets); i++) {
+		struct io_uring_params p = { 0 };
+		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+		p.cq_entries = SL_RING_ENTRIES * 4;
+		rc = io_uring_queue_init_params(SL_RING_ENTRIES, &r->ring, &p);
+		if (rc == 0)
+			return 0;
+	}
+	return rc;
+}
+
+static int buf_ring_setup(struct sl_reactor *r)
+{
+	size_t ring_bytes = (size_t)r->buf_count * sizeof(struct io_uring_buf);
+	void *mem = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+	                 -1, 0);
+	if (mem == MAP_FAILED)
+		return -errno;
+	r->buf_ring = mem;
+	io_uring_buf_ring_init(r->buf_ring);
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (uint64_t)(uintptr_t)mem,
+		.ring_entries = r->buf_count,
+		.bgid = SL_BUF_GROUP,
+	};
+	int rc = io_uring_register_buf_ring(&r->ring, &reg, 0);
+	if (rc)
+		return rc;
+	int mask = io_uring_buf_ring_mask(r->buf_count);
+	for (uint32_t i = 0; i < r->buf_count; i++)
+		io_uring_buf_ring_add(r->buf_ring, r->buf_base + (size_t)i * r->buf_size,
+		                      r->buf_size, (unsigned short)i, mask, (int)i);
+	io_uring_buf_ring_advance(r->buf_ring, (int)r->buf_count);
+	return 0;
+}
+
+static void restart_starved(struct sl_reactor *r)
+{
+	/* Re-arm only while buffers are actually available, a few at a time,
+	 * so one returned buffer does not wake a thousand receivers. */
+	while (r->starved && r->buf_count - r->buf_out > r->buf_count / 8) {
+		struct sl_conn *c = r->starved;
+		r->starved = c->starved_next;
+		c->starved_next = NULL;
+		c->recv_starved = false;
+		sl_conn_recv_arm(r, c);
+	}
+}
+
+int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, int rc))
+{
+	if (r->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(r->cpu, &set);
+		(void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+	}
+	int rc = ring_setup(r);
+	if (rc == 0) {
+		rc = buf_ring_setup(r);
+		if (rc)
+			io_uring_queue_exit(&r->ring);
+	}
+	ready_cb(r, rc);
+	if (rc)
+		return rc;
+
+	r->now_ms = monotonic_ms();
+	r->accepting = true;
+	for (uint32_t i = 0; i < r->num_listen; i++)
+		arm_accept(r, i);
+	arm_eventfd(r);
+
+	uint64_t drain_deadline_ms = 0;
+	for (;;) {
+		if (r->stopping) {
+			if (r->conn_free_num == r->conn_cap)
+				break;
+			if (!drain_deadline_ms)
+				drain_deadline_ms = r->now_ms + SL_DRAIN_TIMEOUT_MS;
+			if (r->now_ms >= drain_deadline_ms) {
+				for (uint32_t i = 0; i < r->conn_cap; i++)
+					if (r->conns[i].kind != SL_CONN_FREE)
+						sl_conn_close(r, &r->conns[i]);
+			}
+		}
+		buf_flush_returns(r);
+		struct __kernel_timespec ts, *tsp = NULL;
+		uint64_t next = next_deadline(r);
+		if (drain_deadline_ms)
+			next = SL_MIN(next, drain_deadline_ms);
+		if (next != UINT64_MAX) {
+			uint64_t wait_ms = next > r->now_ms ? next - r->now_ms : 0;
+			ts.tv_sec = (long long)(wait_ms / 1000);
+			ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
+			tsp = &ts;
+		}
+		struct io_uring_cqe *cqe;
+		rc = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, tsp, NULL);
+		if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY) {
+			fprintf(stderr, "sluice: reactor %u: io_uring_enter: %s\n", r->index,
+			        strerror(-rc));
+			break;
+		}
+		r->now_ms = monotonic_ms();
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&r->ring, head, cqe)
+		{
+			handle_cqe(r, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&r->ring, seen);
+		expire_timers(r);
+		buf_flush_returns(r);
+		restart_starved(r);
+	}
+	io_uring_queue_exit(&r->ring);
+	return 0;
+}
