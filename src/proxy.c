@@ -732,10 +732,18 @@ static void upstream_close(struct sl_reactor *r, struct sl_conn *u)
  * was relayed is flushed) so the client sees a truncated message, never a
  * spliced one.
  */
+static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char *type,
+                            const char *message);
+
 static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned status,
                           const char *type, const char *message)
 {
 	struct sl_conn *c = u->peer;
+	/* A stream cut between two events can still end well-formed. */
+	bool can_end_stream = c && c->cx.response_started && u->state == SL_UP_BODY &&
+	                      u->ux.is_sse && u->ux.framing == SL_BODY_CHUNKED &&
+	                      sl_chunked_at_boundary(&u->ux.chunked) &&
+	                      memcmp(u->ux.tail, "\n\n\r\n", 4) == 0;
 	upstream_close(r, u);
 	if (!c || c->closing)
 		return;
@@ -743,11 +751,62 @@ static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned stat
 		respond_error(r, c, status, type, message, NULL, false);
 		if (!c->closing)
 			client_exchange_done(r, c);
+	} else if (can_end_stream && sse_error_event(r, c, type ? type : "upstream_error", message)) {
+		client_exchange_done(r, c);
 	} else {
 		c->keep_alive = false;
 		c->close_after_flush = true;
 		client_exchange_done(r, c);
 	}
+}
+
+/* Ends a chunked SSE response with an error event in the client's format and
+ * the last chunk. Returns false when it could not be queued. */
+static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char *type,
+                            const char *message)
+{
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, 2048, &cap);
+	if (!block)
+		return false;
+	char ev[1200];
+	struct wbuf e = { ev, 0, sizeof ev, false };
+	size_t msg_len = SL_MIN(strlen(message), (size_t)700);
+	if (c->cx.format == SL_FORMAT_ANTHROPIC) {
+		W_LIT(&e, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"");
+		w_str(&e, type);
+		W_LIT(&e, "\",\"message\":\"");
+		w_json_escaped(&e, message, msg_len);
+		W_LIT(&e, "\"}}\n\n");
+	} else {
+		W_LIT(&e, "data: {\"error\":{\"message\":\"");
+		w_json_escaped(&e, message, msg_len);
+		W_LIT(&e, "\",\"type\":\"");
+		w_str(&e, type);
+		W_LIT(&e, "\",\"param\":null,\"code\":\"");
+		w_str(&e, type);
+		W_LIT(&e, "\"}}\n\n");
+	}
+	SL_ASSERT(!e.overflow);
+	struct wbuf w = { block, 0, cap, false };
+	static const char hex[] = "0123456789abcdef";
+	char size_line[8];
+	int k = 0;
+	for (int shift = 12; shift >= 0; shift -= 4)
+		if ((e.len >> shift) || k || shift == 0)
+			size_line[k++] = hex[(e.len >> shift) & 15];
+	w_mem(&w, size_line, (size_t)k);
+	W_LIT(&w, "\r\n");
+	w_mem(&w, ev, e.len);
+	W_LIT(&w, "\r\n0\r\n\r\n");
+	SL_ASSERT(!w.overflow);
+	if (!push_pool_block(c, block, cap, w.len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		return false;
+	}
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+	return true;
 }
 
 static void upstream_send_request(struct sl_reactor *r, struct sl_conn *u)
@@ -1028,6 +1087,12 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 			return false;
 		}
 		kept = true;
+		if (take >= 4) {
+			memcpy(u->ux.tail, data + take - 4, 4);
+		} else {
+			memmove(u->ux.tail, u->ux.tail + take, 4 - take);
+			memcpy(u->ux.tail + 4 - take, data, take);
+		}
 		if (c->sq.num >= relay_pause_at(r) && !done) {
 			sl_conn_recv_pause(r, u);
 			sl_timer_cancel(&u->timer); /* a stall is the client's, not upstream's */

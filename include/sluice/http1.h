@@ -152,6 +152,14 @@ void sl_chunked_init(struct sl_chunked *d);
 ssize_t sl_chunked_feed(struct sl_chunked *d, const char *buf, size_t len, char *data_out,
                         size_t *data_out_len);
 
+/* sl_chunked_at_boundary tells whether d is between chunks: every chunk fed
+ * so far was complete, so a proxy may append a chunk of its own. (State 0 is
+ * the start of a chunk-size line; http1.c keeps that true.) */
+static inline bool sl_chunked_at_boundary(const struct sl_chunked *d)
+{
+	return d->state == 0 && !d->complete;
+}
+
 /* sl_http_find_header returns the first header named name (case-insensitive),
  * or NULL. */
 const struct sl_http_header *sl_http_find_header(const struct sl_http_header *headers,

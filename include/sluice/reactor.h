@@ -171,9 +171,8 @@ struct sl_conn {
 		uint8_t framing;
 		bool reused;           /* taken from the pool: may have gone stale */
 		bool resp_keep_alive;
-		bool sse_boundary;     /* the body relayed so far ends on "\n\n" */
 		bool is_sse;
-		uint8_t last_data[2];
+		char tail[4];          /* last bytes relayed: "\n\n\r\n" = event boundary */
 		uint64_t body_left;    /* SL_BODY_LENGTH */
 		struct sl_chunked chunked;
 		void *pinned;          /* client input still referenced by our send */
