@@ -676,10 +676,19 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 			seen++;
 		}
 		io_uring_cq_advance(&r->ring, seen);
+		r->stats.loop_turns++;
+		r->stats.cqes += seen;
 		expire_timers(r);
 		buf_flush_returns(r);
 		restart_starved(r);
 	}
 	io_uring_queue_exit(&r->ring);
+	fprintf(stderr,
+	        "sluice: reactor %u: %llu connections, %llu requests, %llu upstream connects, "
+	        "%llu pooled reuses, %llu loop turns, %llu completions, %llu recv buffer stalls\n",
+	        r->index, (unsigned long long)r->stats.accepted, (unsigned long long)r->stats.requests,
+	        (unsigned long long)r->stats.upstream_connects,
+	        (unsigned long long)r->stats.upstream_reused, (unsigned long long)r->stats.loop_turns,
+	        (unsigned long long)r->stats.cqes, (unsigned long long)r->stats.recv_enobufs);
 	return 0;
 }

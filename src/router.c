@@ -100,6 +100,11 @@ const char *sl_route_name(enum sl_route route)
 
 #define JSON_SCAN_DEPTH_MAX 512
 
+/* bytes that matter while skipping a nested value */
+static const bool structural[256] = {
+	['"'] = true, ['{'] = true, ['['] = true, ['}'] = true, [']'] = true,
+};
+
 static size_t skip_ws(const char *s, size_t i, size_t len)
 {
 	while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
@@ -108,23 +113,29 @@ static size_t skip_ws(const char *s, size_t i, size_t len)
 }
 
 /* Skips a string whose opening quote is at s[i]; returns the index after the
- * closing quote or (size_t)-1. Sets *escaped when a backslash occurs. */
+ * closing quote or (size_t)-1. Sets *escaped when a backslash occurs. The
+ * common case (long runs of plain text) moves with memchr. */
 static size_t skip_string(const char *s, size_t i, size_t len, bool *escaped)
 {
 	SL_ASSERT_HOT(s[i] == '"');
-	for (i++; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '"')
-			return i + 1;
-		if (c == '\\') {
-			*escaped = true;
-			if (++i >= len)
-				return (size_t)-1;
-		} else if (c < 0x20) {
+	i++;
+	for (;;) {
+		const char *q = i < len ? memchr(s + i, '"', len - i) : NULL;
+		if (!q)
 			return (size_t)-1;
-		}
+		size_t end = (size_t)(q - s);
+		/* validate the run: no control bytes; backslashes change the end */
+		const char *bs = memchr(s + i, '\\', end - i);
+		for (size_t k = i; k < (bs ? (size_t)(bs - s) : end); k++)
+			if ((unsigned char)s[k] < 0x20)
+				return (size_t)-1;
+		if (!bs)
+			return end + 1;
+		*escaped = true;
+		i = (size_t)(bs - s) + 2; /* skip the escaped byte, which may be '"' */
+		if (i > len)
+			return (size_t)-1;
 	}
-	return (size_t)-1;
 }
 
 /* Skips any JSON value starting at s[i] (after whitespace). Nested arrays and
@@ -143,6 +154,10 @@ static size_t skip_value(const char *s, size_t i, size_t len)
 	if (c == '{' || c == '[') {
 		unsigned depth = 0;
 		for (; i < len; i++) {
+			while (i < len && !structural[(unsigned char)s[i]])
+				i++;
+			if (i >= len)
+				break;
 			c = s[i];
 			if (c == '"') {
 				bool esc = false;

@@ -203,6 +203,8 @@ struct sl_reactor_stats {
 	uint64_t upstream_connects;
 	uint64_t upstream_reused;
 	uint64_t recv_enobufs;
+	uint64_t loop_turns;
+	uint64_t cqes;
 };
 
 struct sl_reactor {
