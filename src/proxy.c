@@ -38,6 +38,8 @@ struct wbuf {
 
 static void w_mem(struct wbuf *w, const void *s, size_t n)
 {
+	if (n == 0)
+		return; /* s may be NULL for an empty range */
 	if (SL_UNLIKELY(w->cap - w->len < n)) {
 		w->overflow = true;
 		return;

@@ -84,13 +84,23 @@ struct sl_model_target {
 	uint32_t weight;   /* default 1 */
 };
 
-/* Prices in integer micro-dollars per 1M tokens ("2.50" -> 2500000). */
+/* Bits of sl_model_price.fields_set: which prices the config gave. */
+enum sl_price_field {
+	SL_PRICE_INPUT = 1u << 0,
+	SL_PRICE_OUTPUT = 1u << 1,
+	SL_PRICE_CACHED_INPUT = 1u << 2,
+	SL_PRICE_CACHE_WRITE = 1u << 3,
+};
+
+/* Prices in integer micro-dollars per 1M tokens ("2.50" -> 2500000). A field
+ * the config does not give is 0 and its SL_PRICE_* bit is clear. */
 struct sl_model_price {
 	int64_t input;
 	int64_t output;
 	int64_t cached_input;
 	int64_t cache_write;
-	bool set;
+	bool set;            /* the model has a "price" object */
+	uint32_t fields_set; /* SL_PRICE_* bits */
 };
 
 struct sl_model_config {
@@ -112,6 +122,7 @@ struct sl_config {
 	char *origin; /* file path, or "<embedded demo>" */
 	struct sl_listener_config *listeners;
 	uint32_t num_listeners;
+	struct sl_listener_config *admin; /* "admin" listener, or NULL (not served yet) */
 	char *data_dir;
 	uint32_t threads; /* 0: one per CPU the process may run on */
 	struct sl_limits_config limits;
@@ -122,22 +133,26 @@ struct sl_config {
 	/* Precomputed at load: the JSON list GET /v1/models answers. */
 	char *models_json;
 	size_t models_json_len;
-	/* private: open-addressing hash of ids and aliases -> model index */
+	/* private: open-addressing hash of ids and aliases -> model index + 1
+	 * (0: empty slot); model_index_name says which name of that model the
+	 * slot holds (0: its id, k: aliases[k - 1]). */
 	uint32_t *model_index;
+	uint32_t *model_index_name;
 	uint32_t model_index_mask;
 };
 
 /*
  * sl_config_load_string parses and validates text[0..len). origin names the
  * source in messages. On success returns 0 and stores a new config in *out.
- * On failure returns -EINVAL and writes one line, "key.path: what is wrong"
- * (or "line L, column C: ..." for a JSON syntax error), into err[0..err_len).
+ * On failure returns -EINVAL (-ENOMEM when out of memory) and writes one
+ * line, "key.path: what is wrong" (or "line L, column C: ..." for a JSON
+ * syntax error), into err[0..err_len). The reference is docs/config.md.
  */
 int sl_config_load_string(const char *text, size_t len, const char *origin,
                           struct sl_config **out, char *err, size_t err_len);
 
 /* sl_config_load_file reads path and calls sl_config_load_string. A file that
- * cannot be read is reported as "PATH: strerror". */
+ * cannot be read is reported as "PATH: strerror" and returns its -errno. */
 int sl_config_load_file(const char *path, struct sl_config **out, char *err, size_t err_len);
 
 /* sl_config_free releases everything; sl_config_free(NULL) is a no-op. */
