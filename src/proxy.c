@@ -476,6 +476,7 @@ static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_ht
 	c->cx.framing = (uint8_t)req->framing;
 	c->cx.content_length = req->content_length;
 	c->keep_alive = req->keep_alive && !r->stopping;
+	c->cx.http10 = req->version_minor == 0;
 	r->stats.requests++;
 	bool has_body = req->framing != SL_BODY_NONE;
 
@@ -743,7 +744,7 @@ static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned stat
 	struct sl_conn *c = u->peer;
 	/* A stream cut between two events can still end well-formed. */
 	bool can_end_stream = c && c->cx.response_started && u->state == SL_UP_BODY &&
-	                      u->ux.is_sse && u->ux.framing == SL_BODY_CHUNKED &&
+	                      u->ux.is_sse && u->ux.framing == SL_BODY_CHUNKED && !u->ux.dechunk &&
 	                      sl_chunked_at_boundary(&u->ux.chunked) &&
 	                      memcmp(u->ux.tail, "\n\n\r\n", 4) == 0;
 	upstream_close(r, u);
@@ -1046,7 +1047,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 /* Queues data (owned as described by tmpl) for the client and tracks the
  * response framing. Returns true when the client now owns the buffer. */
 static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
-                       const char *data, size_t len, const struct sl_send_entry *tmpl)
+                       char *data, size_t len, const struct sl_send_entry *tmpl)
 {
 	size_t take = len;
 	bool done = false;
@@ -1061,7 +1062,11 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 		done = u->ux.body_left == 0;
 		break;
 	case SL_BODY_CHUNKED: {
-		ssize_t n = sl_chunked_feed(&u->ux.chunked, data, len, NULL, NULL);
+		/* passed through as is; for an HTTP/1.0 client decoded in place
+		 * (the recv buffer is ours) and sent close-delimited */
+		size_t out_len = 0;
+		ssize_t n = sl_chunked_feed(&u->ux.chunked, data, len,
+		                            u->ux.dechunk ? data : NULL, &out_len);
 		if (n == SL_ERROR) {
 			/* relay what we have, then cut: the client sees a truncated body */
 			u->ux.resp_keep_alive = false;
@@ -1070,6 +1075,10 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 		}
 		take = (size_t)n;
 		done = u->ux.chunked.complete;
+		if (take < len)
+			u->ux.resp_keep_alive = false; /* bytes after the response */
+		if (u->ux.dechunk)
+			take = len = out_len;
 		break;
 	}
 	case SL_BODY_UNTIL_CLOSE:
@@ -1123,7 +1132,7 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	if (!block)
 		return false;
 	struct wbuf w = { block, 0, cap, false };
-	W_LIT(&w, "HTTP/1.1 ");
+	W_LIT(&w, "HTTP/1.1 "); /* our version, whatever the client's (RFC 9110 6.2) */
 	w_u64(&w, resp->status);
 	W_LIT(&w, " ");
 	if (resp->reason_len)
@@ -1152,7 +1161,12 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 		W_LIT(&w, "\r\n");
 		break;
 	case SL_BODY_CHUNKED:
-		W_LIT(&w, "Transfer-Encoding: chunked\r\n");
+		if (c->cx.http10) {
+			u->ux.dechunk = true;
+			c->keep_alive = false;
+		} else {
+			W_LIT(&w, "Transfer-Encoding: chunked\r\n");
+		}
 		break;
 	case SL_BODY_UNTIL_CLOSE:
 		c->keep_alive = false;
@@ -1253,7 +1267,7 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 	u->ux.body_left = resp.content_length;
 	u->ux.resp_keep_alive = resp.keep_alive;
 	sl_chunked_init(&u->ux.chunked);
-	const char *rest = src + n;
+	char *rest = (char *)src + n;
 	size_t rest_len = src_len - (size_t)n;
 	if (src == u->in) {
 		/* the body's first bytes live in the assembly block: hand it over */

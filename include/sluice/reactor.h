@@ -160,6 +160,7 @@ struct sl_conn {
 		bool response_started;      /* a response byte was queued to the client */
 		bool response_done;
 		bool retried;               /* a stale pooled connection was replaced */
+		bool http10;                /* HTTP/1.0 client: no chunked responses */
 		struct sl_chunked chunked;
 		uint64_t started_ms;
 		char request_id[28];
@@ -172,6 +173,7 @@ struct sl_conn {
 		bool reused;           /* taken from the pool: may have gone stale */
 		bool resp_keep_alive;
 		bool is_sse;
+		bool dechunk;          /* HTTP/1.0 client: decode chunks in place */
 		char tail[4];          /* last bytes relayed: "\n\n\r\n" = event boundary */
 		uint64_t body_left;    /* SL_BODY_LENGTH */
 		struct sl_chunked chunked;
