@@ -108,7 +108,7 @@ static struct sl_http_limits http_limits(const struct sl_reactor *r)
 static uint32_t relay_pause_at(const struct sl_reactor *r)
 {
 	uint32_t n = r->config->limits.send_queue_buffers_max;
-	return SL_MAX(2u, SL_MIN(n, (uint32_t)SL_SENDQ_CAP - 40));
+	return SL_MAX(2u, SL_MIN(n, (uint32_t)SL_SENDQ_CAP / 2));
 }
 
 static void make_request_id(struct sl_reactor *r, struct sl_conn *c)
@@ -768,6 +768,8 @@ static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned stat
 static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char *type,
                             const char *message)
 {
+	if (c->ovf_num)
+		return false; /* it would overtake chained relay data */
 	size_t cap;
 	char *block = sl_bufpool_get(&r->mem, 2048, &cap);
 	if (!block)
@@ -1088,14 +1090,18 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 		u->ux.resp_keep_alive = false; /* bytes after the response: not reusable */
 	bool kept = false;
 	if (take > 0) {
-		struct sl_send_entry e = *tmpl;
-		e.ptr = data;
-		e.len = (uint32_t)take;
-		if (!sl_conn_send_push(c, &e)) {
-			/* cannot happen while the pause threshold leaves slack; be safe */
-			u->ux.resp_keep_alive = false;
-			upstream_fail(r, u, 502, "upstream_error", "relay queue overflow");
-			return false;
+		if (tmpl->owner == SL_OWN_RING) {
+			sl_conn_send_push_ring(r, c, tmpl->bid, data, take);
+		} else {
+			/* the first body bytes of a split head: the queue is near empty */
+			struct sl_send_entry e = *tmpl;
+			e.ptr = data;
+			e.len = (uint32_t)take;
+			if (!sl_conn_send_push(c, &e)) {
+				u->ux.resp_keep_alive = false;
+				upstream_fail(r, u, 502, "upstream_error", "relay queue overflow");
+				return false;
+			}
 		}
 		kept = true;
 		if (take >= 4) {
@@ -1413,11 +1419,11 @@ void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
 		return;
 	client_send_timer(r, c);
 	struct sl_conn *u = c->peer;
-	if (u && u->recv_paused && c->sq.num <= relay_pause_at(r) / 2) {
+	if (u && u->recv_paused && c->ovf_num == 0 && c->sq.num <= relay_pause_at(r) / 2) {
 		sl_conn_recv_resume(r, u);
 		sl_timer_arm(r, &u->timer, &r->upstreams[u->ux.provider].idle_q);
 	}
-	if (c->sq.num || c->send_busy)
+	if (c->sq.num || c->send_busy || c->ovf_num)
 		return;
 	if (c->close_after_flush && c->state != SL_CLIENT_EXCHANGE) {
 		sl_conn_close(r, c);

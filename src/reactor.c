@@ -204,6 +204,11 @@ static void conn_maybe_free(struct sl_reactor *r, struct sl_conn *c)
 	for (unsigned i = 0; i < c->stash_num; i++)
 		sl_buf_return(r, c->stash[i].bid);
 	c->stash_num = 0;
+	for (; c->ovf_num; c->ovf_num--) {
+		uint16_t bid = c->ovf_head;
+		c->ovf_head = r->ovf_next[bid];
+		sl_buf_return(r, bid);
+	}
 	while (c->sq.num) {
 		sl_send_entry_release(r, &c->sq.entries[c->sq.head]);
 		c->sq.head = (uint8_t)((c->sq.head + 1) & (SL_SENDQ_CAP - 1));
@@ -272,6 +277,43 @@ void sl_conn_recv_resume(struct sl_reactor *r, struct sl_conn *c)
 		return;
 	c->recv_paused = false;
 	sl_conn_recv_arm(r, c);
+}
+
+void sl_conn_send_push_ring(struct sl_reactor *r, struct sl_conn *c, uint16_t bid,
+                            const char *ptr, size_t len)
+{
+	if (c->ovf_num == 0) {
+		struct sl_send_entry e = { .ptr = ptr, .len = (uint32_t)len, .owner = SL_OWN_RING,
+			                   .bid = bid };
+		if (sl_conn_send_push(c, &e))
+			return;
+	}
+	uint32_t off = (uint32_t)(ptr - (r->buf_base + (size_t)bid * r->buf_size));
+	SL_ASSERT(off < r->buf_size && len <= r->buf_size - off);
+	r->ovf_off[bid] = off;
+	r->ovf_len[bid] = (uint32_t)len;
+	if (c->ovf_num++ == 0)
+		c->ovf_head = bid;
+	else
+		r->ovf_next[c->ovf_tail] = bid;
+	c->ovf_tail = bid;
+}
+
+/* Moves chained overflow buffers into the send queue while it has room. */
+static void ovf_drain(struct sl_reactor *r, struct sl_conn *c)
+{
+	while (c->ovf_num && c->sq.num < SL_SENDQ_CAP) {
+		uint16_t bid = c->ovf_head;
+		struct sl_send_entry e = {
+			.ptr = r->buf_base + (size_t)bid * r->buf_size + r->ovf_off[bid],
+			.len = r->ovf_len[bid],
+			.owner = SL_OWN_RING,
+			.bid = bid,
+		};
+		(void)sl_conn_send_push(c, &e);
+		c->ovf_head = r->ovf_next[bid];
+		c->ovf_num--;
+	}
 }
 
 bool sl_conn_send_push(struct sl_conn *c, const struct sl_send_entry *e)
@@ -396,6 +438,7 @@ static void handle_send(struct sl_reactor *r, struct io_uring_cqe *cqe)
 			sl_proxy_on_send_error(r, c, cqe->res);
 		} else {
 			sendq_consume(r, c, (size_t)cqe->res);
+			ovf_drain(r, c);
 			sl_conn_send_flush(r, c);
 			sl_proxy_on_sent(r, c);
 		}
@@ -504,6 +547,11 @@ int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
 	if (bufs == MAP_FAILED)
 		return -errno;
 	r->buf_base = bufs;
+	r->ovf_next = calloc(r->buf_count, sizeof *r->ovf_next);
+	r->ovf_off = calloc(r->buf_count, sizeof *r->ovf_off);
+	r->ovf_len = calloc(r->buf_count, sizeof *r->ovf_len);
+	if (!r->ovf_next || !r->ovf_off || !r->ovf_len)
+		return -ENOMEM;
 
 	sl_timer_queue_init(&r->header_q, lim->header_timeout_ms, SL_TIMER_HEADER);
 	sl_timer_queue_init(&r->body_q, lim->body_timeout_ms, SL_TIMER_BODY);
@@ -536,6 +584,9 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	if (r->buf_base)
 		munmap(r->buf_base, (size_t)r->buf_size * r->buf_count);
 	sl_bufpool_destroy(&r->mem);
+	free(r->ovf_next);
+	free(r->ovf_off);
+	free(r->ovf_len);
 	free(r->conns);
 	free(r->conn_free);
 	free(r->headers);

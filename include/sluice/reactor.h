@@ -143,6 +143,14 @@ struct sl_conn {
 		uint32_t len;
 	} stash[SL_STASH_MAX];
 
+	/* Relay buffers that arrived after the send queue filled (the upstream's
+	 * recv cancel was still in flight): a chain of buffer ids through the
+	 * reactor's ovf_* arrays, moved into sq as it drains. Bounded by the
+	 * buffer ring itself. */
+	uint32_t ovf_num;
+	uint16_t ovf_head;
+	uint16_t ovf_tail;
+
 	struct sl_sendq sq;
 	struct msghdr msg;
 	struct iovec iov[SL_SEND_IOV_MAX];
@@ -227,6 +235,9 @@ struct sl_reactor {
 	uint32_t buf_count;
 	uint32_t buf_pending_returns; /* added, not yet advanced */
 	uint32_t buf_out;             /* held by us */
+	uint16_t *ovf_next;           /* overflow chains, indexed by buffer id */
+	uint32_t *ovf_off;
+	uint32_t *ovf_len;
 
 	/* connection slots */
 	struct sl_conn *conns;
@@ -308,6 +319,10 @@ void sl_conn_recv_resume(struct sl_reactor *r, struct sl_conn *c);
  * releases nothing) when the queue is full. sl_conn_send_flush starts a send
  * if none is in flight. */
 bool sl_conn_send_push(struct sl_conn *c, const struct sl_send_entry *e);
+/* sl_conn_send_push_ring queues bytes of provided buffer bid, chaining them
+ * past the queue's end when it is full. Never fails. */
+void sl_conn_send_push_ring(struct sl_reactor *r, struct sl_conn *c, uint16_t bid,
+                            const char *ptr, size_t len);
 void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c);
 void sl_send_entry_release(struct sl_reactor *r, struct sl_send_entry *e);
 void sl_buf_return(struct sl_reactor *r, uint16_t bid);
