@@ -113,8 +113,9 @@ static size_t skip_ws(const char *s, size_t i, size_t len)
 }
 
 /* Skips a string whose opening quote is at s[i]; returns the index after the
- * closing quote or (size_t)-1. Sets *escaped when a backslash occurs. The
- * common case (long runs of plain text) moves with memchr. */
+ * closing quote or (size_t)-1. Sets *escaped when a backslash occurs. Long
+ * runs of text move with memchr; the contents are not validated (control
+ * bytes are the upstream's to refuse), except the model's, by the caller. */
 static size_t skip_string(const char *s, size_t i, size_t len, bool *escaped)
 {
 	SL_ASSERT_HOT(s[i] == '"');
@@ -124,11 +125,8 @@ static size_t skip_string(const char *s, size_t i, size_t len, bool *escaped)
 		if (!q)
 			return (size_t)-1;
 		size_t end = (size_t)(q - s);
-		/* validate the run: no control bytes; backslashes change the end */
+		/* a backslash before the quote may escape it */
 		const char *bs = memchr(s + i, '\\', end - i);
-		for (size_t k = i; k < (bs ? (size_t)(bs - s) : end); k++)
-			if ((unsigned char)s[k] < 0x20)
-				return (size_t)-1;
 		if (!bs)
 			return end + 1;
 		*escaped = true;
@@ -226,6 +224,9 @@ int sl_json_find_model(const char *body, size_t len, size_t *out_start, size_t *
 			if (body[i] == '"') {
 				bool esc = false;
 				(void)skip_string(body, i, len, &esc);
+				for (size_t k = i + 1; k < value_after - 1; k++)
+					if ((unsigned char)body[k] < 0x20)
+						return SL_ERROR;
 				*out_start = i + 1;
 				*out_end = value_after - 1;
 				*out_escaped = esc;

@@ -251,6 +251,7 @@ struct sl_reactor {
 	struct sl_conn *starved;
 
 	uint64_t now_ms;
+	uint32_t wait_cap_ms; /* SLUICE_WAIT_CAP_MS: bound each wait (valgrind) */
 	struct sl_timer_queue header_q, body_q, keepalive_q, send_q, up_pool_q;
 	struct sl_upstream_pool *upstreams; /* one per provider */
 
