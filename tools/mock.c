@@ -1,0 +1,2418 @@
+/*
+ * mock.c - sluice-mock: a fake LLM provider speaking the OpenAI and Anthropic
+ * wire formats, with per-request fault injection, for sluice's integration
+ * tests and benchmarks (docs/TEAM-CONTRACT.md, "Mock upstream"; tools/mock.md).
+ *
+ * Shape:
+ *   - N worker threads, each with its own SO_REUSEPORT listener and epoll
+ *     instance. Accepted sockets are non-blocking, edge-triggered and owned by
+ *     the thread that accepted them: no locks on the request path.
+ *   - A connection has one input buffer (pipelined requests are answered
+ *     strictly in order), one output buffer, at most one response in progress
+ *     (a delayed head or a stream) and at most one pending timer. Timers live
+ *     in a per-thread binary heap whose earliest deadline is epoll_wait's
+ *     timeout, so delays never block the thread.
+ *   - The JSON body is scanned, not parsed: only the top-level keys a
+ *     response depends on are read.
+ *   - It must never be the bottleneck of a proxy benchmark: a non-stream
+ *     answer is one read, one writev; a stream without delays is one write.
+ */
+#include "sluice/common.h"
+#include "sluice/http1.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MOCK_THREADS_MAX 256
+#define HEAD_BYTES_MAX 65536
+#define TARGET_BYTES_MAX 16384
+#define HEADERS_NUM_MAX 128
+#define BODY_BYTES_MAX (64u << 20)
+/* head + body + chunked framing overhead of one request */
+#define IN_BYTES_MAX (BODY_BYTES_MAX + (4u << 20))
+#define IN_BYTES_INITIAL 16384
+#define IN_BYTES_SHRINK 262144
+#define OUT_BYTES_INITIAL 16384
+#define OUT_BYTES_SHRINK 1048576
+#define OUT_PENDING_MAX 262144 /* a stream waits for EPOLLOUT beyond this */
+#define STATS_BODY_BYTES 4096
+#define MODEL_BYTES_MAX 256
+#define TOOL_NAME_BYTES_MAX 128
+#define MSG_BYTES_MAX 320
+#define TOKENS_DEFAULT 8
+#define TOKENS_MAX 10000000
+#define DELAY_MS_MAX 3600000
+#define RESPONSE_BYTES_MAX (64u << 20)
+#define LINGER_MS 2000
+#define EMBED_DIMS_DEFAULT 8
+#define EMBED_DIMS_MAX 8192
+#define EMBED_INPUTS_MAX 2048
+#define EMBED_FLOATS_MAX (1u << 20)
+#define EMBED_TABLE_LEN 64
+#define EVENTS_MAX 256
+#define ACCEPTS_PER_WAKE 64
+
+_Static_assert(HEAD_BYTES_MAX < IN_BYTES_INITIAL * 8, "a head fits after a few doublings");
+_Static_assert((EMBED_TABLE_LEN & (EMBED_TABLE_LEN - 1)) == 0, "table index is a mask");
+
+/* --- small growable byte buffer ---------------------------------------------- */
+
+struct buf {
+	char *ptr;
+	size_t len;
+	size_t cap;
+};
+
+static void die_oom(void)
+{
+	fputs("sluice-mock: out of memory\n", stderr);
+	abort();
+}
+
+static void buf_grow(struct buf *b, size_t extra)
+{
+	size_t cap = b->cap ? b->cap : 1024;
+	while (cap < b->len + extra)
+		cap *= 2;
+	char *p = realloc(b->ptr, cap);
+	if (!p)
+		die_oom();
+	b->ptr = p;
+	b->cap = cap;
+}
+
+static inline void put(struct buf *b, const void *s, size_t n)
+{
+	if (SL_UNLIKELY(b->len + n > b->cap))
+		buf_grow(b, n);
+	if (n)
+		memcpy(b->ptr + b->len, s, n);
+	b->len += n;
+}
+
+#define PUT_LIT(b, s) put((b), "" s, sizeof(s) - 1)
+
+static inline void put_ch(struct buf *b, char ch)
+{
+	if (SL_UNLIKELY(b->len + 1 > b->cap))
+		buf_grow(b, 1);
+	b->ptr[b->len++] = ch;
+}
+
+static void put_cstr(struct buf *b, const char *s)
+{
+	put(b, s, strlen(s));
+}
+
+static void put_u64(struct buf *b, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+	do {
+		tmp[19 - n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	put(b, tmp + 20 - n, n);
+}
+
+static void put_hex(struct buf *b, uint64_t v)
+{
+	static const char digits[] = "0123456789abcdef";
+	char tmp[16];
+	int n = 0;
+	do {
+		tmp[15 - n++] = digits[v & 15];
+		v >>= 4;
+	} while (v);
+	put(b, tmp + 16 - n, n);
+}
+
+/* utf8_seq_len returns the length of the valid UTF-8 sequence at s (which
+ * starts with a byte >= 0x80), or 0 when it is not valid UTF-8. */
+static size_t utf8_seq_len(const unsigned char *s, size_t len)
+{
+	unsigned char c = s[0];
+	size_t n;
+	unsigned char lo = 0x80, hi = 0xbf;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+	} else
+		return 0;
+	if (len < n || s[1] < lo || s[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+/* put_json_escaped appends s[0..len) as the inside of a JSON string: quotes,
+ * backslashes and control bytes escaped, invalid UTF-8 replaced by U+FFFD, so
+ * any byte string (a request body prefix, a header value) yields valid JSON. */
+static void put_json_escaped(struct buf *b, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0;
+	while (i < len) {
+		size_t j = i;
+		while (j < len && u[j] >= 0x20 && u[j] < 0x80 && u[j] != '"' && u[j] != '\\')
+			j++;
+		put(b, s + i, j - i);
+		if (j == len)
+			break;
+		i = j;
+		unsigned char ch = u[i];
+		if (ch == '"' || ch == '\\') {
+			char esc[2] = { '\\', (char)ch };
+			put(b, esc, 2);
+			i++;
+		} else if (ch < 0x20) {
+			if (ch == '\n')
+				PUT_LIT(b, "\\n");
+			else if (ch == '\r')
+				PUT_LIT(b, "\\r");
+			else if (ch == '\t')
+				PUT_LIT(b, "\\t");
+			else {
+				char esc[6] = { '\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15] };
+				put(b, esc, 6);
+			}
+			i++;
+		} else {
+			size_t n = utf8_seq_len(u + i, len - i);
+			if (n) {
+				put(b, s + i, n);
+				i += n;
+			} else {
+				PUT_LIT(b, "\\ufffd");
+				i++;
+			}
+		}
+	}
+}
+
+/* --- a minimal JSON scanner ---------------------------------------------------- */
+
+static const char *js_ws(const char *p, const char *e)
+{
+	while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* js_str_end: p is just after an opening quote; returns the closing quote. */
+static const char *js_str_end(const char *p, const char *e)
+{
+	while (p < e) {
+		const char *q = memchr(p, '"', e - p);
+		if (!q)
+			return NULL;
+		size_t bs = 0;
+		while (q - bs > p && q[-1 - (ptrdiff_t)bs] == '\\')
+			bs++;
+		if (!(bs & 1))
+			return q;
+		p = q + 1;
+	}
+	return NULL;
+}
+
+/* js_skip returns the end of the value starting at p, or NULL. Structure is
+ * followed (strings, nesting), scalars are not validated. */
+static const char *js_skip(const char *p, const char *e)
+{
+	if (p >= e)
+		return NULL;
+	if (*p == '"') {
+		const char *q = js_str_end(p + 1, e);
+		return q ? q + 1 : NULL;
+	}
+	if (*p == '{' || *p == '[') {
+		int depth = 0;
+		while (p < e) {
+			char ch = *p;
+			if (ch == '"') {
+				const char *q = js_str_end(p + 1, e);
+				if (!q)
+					return NULL;
+				p = q + 1;
+				continue;
+			}
+			if (ch == '{' || ch == '[')
+				depth++;
+			else if ((ch == '}' || ch == ']') && --depth == 0)
+				return p + 1;
+			p++;
+		}
+		return NULL;
+	}
+	const char *s = p;
+	while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+	       *p != '\n' && *p != '\r')
+		p++;
+	return p > s ? p : NULL;
+}
+
+struct js_obj {
+	const char *p;
+	const char *e;
+	bool first;
+};
+
+static bool js_obj_open(struct js_obj *o, const char *p, const char *e)
+{
+	p = js_ws(p, e);
+	if (p >= e || *p != '{')
+		return false;
+	o->p = p + 1;
+	o->e = e;
+	o->first = true;
+	return true;
+}
+
+/* js_obj_next yields the next member: 1 with key (inside the quotes, raw)
+ * and val (the raw value text), 0 at the closing brace, -1 on bad input. */
+static int js_obj_next(struct js_obj *o, struct sl_str *key, struct sl_str *val)
+{
+	const char *e = o->e;
+	const char *p = js_ws(o->p, e);
+	if (p >= e)
+		return -1;
+	if (*p == '}') {
+		o->p = p + 1;
+		return 0;
+	}
+	if (!o->first) {
+		if (*p != ',')
+			return -1;
+		p = js_ws(p + 1, e);
+	}
+	o->first = false;
+	if (p >= e || *p != '"')
+		return -1;
+	const char *ke = js_str_end(p + 1, e);
+	if (!ke)
+		return -1;
+	key->ptr = p + 1;
+	key->len = ke - (p + 1);
+	p = js_ws(ke + 1, e);
+	if (p >= e || *p != ':')
+		return -1;
+	p = js_ws(p + 1, e);
+	const char *ve = js_skip(p, e);
+	if (!ve)
+		return -1;
+	val->ptr = p;
+	val->len = ve - p;
+	o->p = ve;
+	return 1;
+}
+
+static bool str_is(struct sl_str s, const char *lit, size_t lit_len)
+{
+	return s.len == lit_len && memcmp(s.ptr, lit, lit_len) == 0;
+}
+
+#define STR_IS(s, lit) str_is((s), "" lit, sizeof(lit) - 1)
+
+/* js_array_count counts the elements of the array at p ('['). */
+static uint64_t js_array_count(const char *p, const char *e)
+{
+	p = js_ws(p + 1, e);
+	if (p < e && *p == ']')
+		return 0;
+	uint64_t n = 0;
+	while (p < e) {
+		const char *q = js_skip(p, e);
+		if (!q)
+			break;
+		n++;
+		q = js_ws(q, e);
+		if (q >= e || *q != ',')
+			break;
+		p = js_ws(q + 1, e);
+	}
+	return n;
+}
+
+/* js_uint reads a non-negative integer value (a fraction is ignored). */
+static bool js_uint(struct sl_str v, uint64_t max, uint64_t *out)
+{
+	uint64_t n = 0;
+	size_t i = 0;
+	for (; i < v.len && v.ptr[i] >= '0' && v.ptr[i] <= '9'; i++) {
+		n = n * 10 + (uint64_t)(v.ptr[i] - '0');
+		if (n > max)
+			n = max;
+	}
+	if (!i)
+		return false;
+	*out = n;
+	return true;
+}
+
+/* js_str_cut returns how many bytes of the raw (still escaped) string s to
+ * keep so that at most max bytes remain without splitting an escape sequence
+ * or a UTF-8 character: the kept prefix is still valid inside JSON quotes. */
+static size_t js_str_cut(const char *s, size_t len, size_t max)
+{
+	if (len <= max)
+		return len;
+	size_t i = 0;
+	while (i < len) {
+		size_t step = 1;
+		if (s[i] == '\\')
+			step = (i + 1 < len && s[i + 1] == 'u') ? 6 : 2;
+		if (i + step > max)
+			break;
+		i += step;
+	}
+	while (i > 0 && ((unsigned char)s[i] & 0xc0) == 0x80)
+		i--;
+	return i;
+}
+
+/* --- requests, responses and connections ----------------------------------------- */
+
+enum endpoint {
+	EP_NONE = 0,
+	EP_CHAT,
+	EP_COMPLETIONS,
+	EP_EMBEDDINGS,
+	EP_MODELS,
+	EP_MODEL,
+	EP_MESSAGES,
+	EP_COUNT_TOKENS,
+	EP_STATS,
+	EP_RESET,
+};
+
+enum wire_format { FMT_OPENAI = 0, FMT_ANTHROPIC };
+
+enum conn_state {
+	ST_IDLE = 0,        /* reading and answering requests */
+	ST_WAIT_FIRST_BYTE, /* x-mock-first-byte-delay-ms timer pending */
+	ST_STREAM,          /* a stream in progress (timer or EPOLLOUT pending) */
+	ST_CLOSING,         /* flush the output, then close (abrupt) or linger */
+	ST_LINGER,          /* write side shut, draining input until EOF or timer */
+	ST_DEAD,            /* closed; freed at the end of the loop turn */
+};
+
+enum stream_phase { PH_PRE = 0, PH_CONTENT, PH_POST };
+
+/* What to answer for one request: everything the response needs is copied
+ * here, so the request bytes are consumed before a delayed answer. */
+struct job {
+	uint8_t ep;
+	uint8_t fmt;
+	uint8_t phase;
+	bool keep_alive;
+	bool http10;
+	bool chunked; /* stream framing: chunked (1.1) or close-delimited (1.0) */
+	bool stream;
+	bool include_usage;
+	bool tool;
+	bool capped;
+	bool embed_base64;
+	bool malformed;
+	bool json_bad;
+	bool head_only; /* HEAD: the head of the answer, no body */
+	bool delay_elapsed;
+	uint16_t err_status;  /* route error answered instead of the endpoint */
+	uint16_t mock_status; /* x-mock-status >= 400 */
+	const char *err_type;
+	const char *allow; /* Allow header of a 405 */
+	int64_t retry_after_s;    /* -1: none */
+	int64_t disconnect_after; /* -1: none */
+	uint64_t first_byte_delay_ms;
+	uint64_t token_delay_ms;
+	uint64_t tokens;
+	uint64_t max_tokens; /* UINT64_MAX: none */
+	uint64_t response_bytes;
+	uint64_t out_tokens; /* content deltas of the answer */
+	uint64_t pad_words;  /* extra words for x-mock-response-bytes */
+	uint64_t emitted;    /* content deltas sent so far (streams) */
+	uint64_t input_tokens;
+	uint64_t embed_inputs;
+	uint64_t embed_dims;
+	uint64_t id;
+	uint64_t created;
+	uint16_t model_len;
+	uint16_t tool_name_len;
+	uint16_t msg_len;
+	char model[MODEL_BYTES_MAX];         /* raw JSON string content */
+	char tool_name[TOOL_NAME_BYTES_MAX]; /* raw JSON string content */
+	char msg[MSG_BYTES_MAX];             /* unescaped error message */
+};
+
+struct worker;
+
+struct conn {
+	int fd;
+	uint8_t state;
+	bool can_read; /* EPOLLIN seen and the socket not drained yet */
+	bool abrupt;   /* ST_CLOSING: close without lingering */
+	bool want_out; /* a stream paused until the output drains */
+	bool sent_continue;
+	bool chunk_active;
+	int32_t heap_idx; /* -1: no timer */
+	int64_t deadline_us;
+	struct worker *w;
+	struct conn *prev, *next;
+	char *in;
+	size_t in_off, in_len, in_cap;
+	struct sl_chunked chunked; /* chunked request body being decoded in place */
+	size_t body_raw;           /* chunked bytes consumed after the head */
+	size_t body_len;           /* decoded body bytes */
+	struct buf out;
+	size_t out_off;
+	struct job job;
+};
+
+/* The last non-/mock request seen by one thread (stats pick the newest). */
+struct last_request {
+	uint64_t seq; /* 0: none */
+	uint32_t head_len;
+	uint32_t body_copied;
+	uint64_t body_len;
+	char head[HEAD_BYTES_MAX];
+	char body[STATS_BODY_BYTES];
+};
+
+struct thread_stats {
+	_Alignas(64) atomic_ullong accepted;
+	atomic_llong open;
+	atomic_ullong requests;
+	_Alignas(64) atomic_int lock;
+	struct last_request last;
+};
+
+struct worker {
+	int idx;
+	int epfd;
+	int lfd;
+	int stop_fd; /* eventfd: main asks the worker to exit */
+	pthread_t thread;
+	struct thread_stats *st;
+	struct conn *conns; /* live connections */
+	struct conn *dead;  /* closed this loop turn */
+	struct conn **heap;
+	uint32_t heap_len, heap_cap;
+	int64_t now_us;
+	uint64_t id_seq;
+	struct buf hb; /* response head */
+	struct buf sb; /* response body */
+	struct buf eb; /* one SSE event */
+	struct last_request *lr_copy;
+	struct sl_http_header hdrs[HEADERS_NUM_MAX];
+	struct sl_http_header stats_hdrs[HEADERS_NUM_MAX];
+};
+
+static const struct sl_http_limits g_limits = {
+	.head_len_max = HEAD_BYTES_MAX,
+	.target_len_max = TARGET_BYTES_MAX,
+	.num_headers_max = HEADERS_NUM_MAX,
+};
+
+static int g_nthreads = 1;
+static struct worker *g_workers;
+static struct thread_stats *g_stats;
+static atomic_ullong g_seq;
+
+struct word {
+	const char *s;
+	size_t len;
+};
+#define WORD(s) { s, sizeof(s) - 1 }
+static const struct word g_words[16] = {
+	WORD("Hello"), WORD(" from"), WORD(" the"),   WORD(" mock"), WORD(" provider"), WORD("."),
+	WORD(" The"),  WORD(" quick"), WORD(" brown"), WORD(" fox"),  WORD(" jumps"),    WORD(" over"),
+	WORD(" a"),    WORD(" lazy"), WORD(" dog"),   WORD("."),
+};
+static const struct word g_word_hello_again = WORD(" Hello");
+
+static inline const struct word *word_at(uint64_t i)
+{
+	if (i && (i & 15) == 0)
+		return &g_word_hello_again;
+	return &g_words[i & 15];
+}
+
+static char g_emb_str[EMBED_TABLE_LEN][24];
+static uint8_t g_emb_len[EMBED_TABLE_LEN];
+static float g_emb_val[EMBED_TABLE_LEN];
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void spin_lock(atomic_int *l)
+{
+	while (atomic_exchange_explicit(l, 1, memory_order_acquire))
+		while (atomic_load_explicit(l, memory_order_relaxed))
+			;
+}
+
+static void spin_unlock(atomic_int *l)
+{
+	atomic_store_explicit(l, 0, memory_order_release);
+}
+
+/* --- timers: a binary min-heap of connections per worker ----------------------------- */
+
+static void heap_place(struct worker *w, uint32_t i, struct conn *c)
+{
+	w->heap[i] = c;
+	c->heap_idx = (int32_t)i;
+}
+
+static void heap_up(struct worker *w, uint32_t i)
+{
+	struct conn *c = w->heap[i];
+	while (i > 0) {
+		uint32_t parent = (i - 1) / 2;
+		if (w->heap[parent]->deadline_us <= c->deadline_us)
+			break;
+		heap_place(w, i, w->heap[parent]);
+		i = parent;
+	}
+	heap_place(w, i, c);
+}
+
+static void heap_down(struct worker *w, uint32_t i)
+{
+	struct conn *c = w->heap[i];
+	uint32_t n = w->heap_len;
+	for (;;) {
+		uint32_t l = 2 * i + 1;
+		if (l >= n)
+			break;
+		uint32_t m = l;
+		if (l + 1 < n && w->heap[l + 1]->deadline_us < w->heap[l]->deadline_us)
+			m = l + 1;
+		if (w->heap[m]->deadline_us >= c->deadline_us)
+			break;
+		heap_place(w, i, w->heap[m]);
+		i = m;
+	}
+	heap_place(w, i, c);
+}
+
+static void timer_cancel(struct conn *c)
+{
+	if (c->heap_idx < 0)
+		return;
+	struct worker *w = c->w;
+	uint32_t i = (uint32_t)c->heap_idx;
+	SL_ASSERT(i < w->heap_len && w->heap[i] == c);
+	c->heap_idx = -1;
+	struct conn *last = w->heap[--w->heap_len];
+	if (last == c)
+		return;
+	heap_place(w, i, last);
+	heap_up(w, i);
+	heap_down(w, (uint32_t)last->heap_idx);
+}
+
+static void timer_set(struct conn *c, uint64_t delay_ms)
+{
+	struct worker *w = c->w;
+	timer_cancel(c);
+	if (w->heap_len == w->heap_cap) {
+		uint32_t cap = w->heap_cap ? w->heap_cap * 2 : 256;
+		struct conn **v = realloc(w->heap, cap * sizeof(*v));
+		if (!v)
+			die_oom();
+		w->heap = v;
+		w->heap_cap = cap;
+	}
+	c->deadline_us = w->now_us + (int64_t)delay_ms * 1000;
+	heap_place(w, w->heap_len++, c);
+	heap_up(w, (uint32_t)c->heap_idx);
+}
+
+/* --- connection lifecycle ------------------------------------------------------------ */
+
+static void conn_kill(struct conn *c)
+{
+	if (c->state == ST_DEAD)
+		return;
+	struct worker *w = c->w;
+	close(c->fd);
+	timer_cancel(c);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	atomic_fetch_sub_explicit(&w->st->open, 1, memory_order_relaxed);
+	c->state = ST_DEAD;
+	c->prev = NULL;
+	c->next = w->dead;
+	w->dead = c;
+}
+
+static void conn_free(struct conn *c)
+{
+	free(c->in);
+	free(c->out.ptr);
+	free(c);
+}
+
+/* conn_flush writes the pending output. Returns 0 (all written or the socket
+ * is full: see out_off) or a negative errno when the connection is broken. */
+static int conn_flush(struct conn *c)
+{
+	while (c->out_off < c->out.len) {
+		ssize_t n = write(c->fd, c->out.ptr + c->out_off, c->out.len - c->out_off);
+		if (n > 0) {
+			c->out_off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return 0;
+		return n < 0 ? -errno : -EIO;
+	}
+	c->out.len = 0;
+	c->out_off = 0;
+	if (SL_UNLIKELY(c->out.cap > OUT_BYTES_SHRINK)) {
+		char *p = realloc(c->out.ptr, OUT_BYTES_INITIAL);
+		if (p) {
+			c->out.ptr = p;
+			c->out.cap = OUT_BYTES_INITIAL;
+		}
+	}
+	return 0;
+}
+
+static inline bool conn_out_pending(const struct conn *c)
+{
+	return c->out_off < c->out.len;
+}
+
+/* conn_send queues head + body, writing them at once with writev when nothing
+ * else is queued and no pipelined request waits (then order is unaffected). */
+static void conn_send(struct conn *c, const char *head, size_t head_len, const char *body,
+                      size_t body_len)
+{
+	if (!conn_out_pending(c) && c->in_off == c->in_len) {
+		struct iovec iov[2] = { { (void *)head, head_len }, { (void *)body, body_len } };
+		ssize_t n;
+		do
+			n = writev(c->fd, iov, body_len ? 2 : 1);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			n = 0; /* EAGAIN, or an error the next flush reports */
+		size_t done = (size_t)n;
+		if (done >= head_len + body_len)
+			return;
+		if (done < head_len) {
+			put(&c->out, head + done, head_len - done);
+			done = 0;
+		} else
+			done -= head_len;
+		put(&c->out, body + done, body_len - done);
+		return;
+	}
+	put(&c->out, head, head_len);
+	put(&c->out, body, body_len);
+}
+
+/* conn_need makes room for a request that needs need bytes from in_off on.
+ * Returns false when that exceeds IN_BYTES_MAX. */
+static bool conn_need(struct conn *c, size_t need)
+{
+	if (need <= c->in_cap - c->in_off)
+		return true;
+	if (c->in_off) {
+		memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+		c->in_len -= c->in_off;
+		c->in_off = 0;
+		if (need <= c->in_cap)
+			return true;
+	}
+	if (need > IN_BYTES_MAX)
+		return false;
+	size_t cap = c->in_cap * 2;
+	if (cap < need)
+		cap = need;
+	if (cap > IN_BYTES_MAX)
+		cap = IN_BYTES_MAX;
+	char *p = realloc(c->in, cap);
+	if (!p)
+		die_oom();
+	c->in = p;
+	c->in_cap = cap;
+	return true;
+}
+
+/* --- response heads ------------------------------------------------------------------- */
+
+static const char CT_JSON[] = "application/json";
+static const char CT_SSE[] = "text/event-stream";
+
+/* build_head formats the response head into h. content_length < 0: a stream
+ * (chunked, or close-delimited for HTTP/1.0). */
+static void build_head(struct conn *c, struct buf *h, unsigned status, const char *ctype,
+                       int64_t content_length)
+{
+	const struct job *j = &c->job;
+	h->len = 0;
+	PUT_LIT(h, "HTTP/1.1 ");
+	put_u64(h, status);
+	put_ch(h, ' ');
+	put_cstr(h, sl_http_status_reason(status));
+	PUT_LIT(h, "\r\nContent-Type: ");
+	put_cstr(h, ctype);
+	if (content_length >= 0) {
+		PUT_LIT(h, "\r\nContent-Length: ");
+		put_u64(h, (uint64_t)content_length);
+	} else {
+		if (j->chunked)
+			PUT_LIT(h, "\r\nTransfer-Encoding: chunked");
+		PUT_LIT(h, "\r\nCache-Control: no-cache");
+	}
+	/* the providers' own request ids, as the real APIs send them */
+	if (j->fmt == FMT_ANTHROPIC)
+		PUT_LIT(h, "\r\nrequest-id: req_");
+	else
+		PUT_LIT(h, "\r\nx-request-id: req_");
+	put_hex(h, j->id);
+	if (j->retry_after_s >= 0 && status >= 400) {
+		PUT_LIT(h, "\r\nRetry-After: ");
+		put_u64(h, (uint64_t)j->retry_after_s);
+	}
+	if (j->allow) {
+		PUT_LIT(h, "\r\nAllow: ");
+		put_cstr(h, j->allow);
+	}
+	if (!j->keep_alive)
+		PUT_LIT(h, "\r\nConnection: close");
+	else if (j->http10)
+		PUT_LIT(h, "\r\nConnection: keep-alive");
+	PUT_LIT(h, "\r\n\r\n");
+}
+
+/* send_body answers with a complete body. cut: x-mock-disconnect-after on a
+ * non-stream answer: the head and half the body, then close. */
+static void send_body(struct conn *c, unsigned status, const char *ctype, const struct buf *body,
+                      bool cut)
+{
+	struct buf *h = &c->w->hb;
+	build_head(c, h, status, ctype, (int64_t)body->len);
+	size_t send_len = c->job.head_only ? 0 : cut ? body->len / 2 : body->len;
+	conn_send(c, h->ptr, h->len, body->ptr, send_len);
+	if (cut) {
+		c->state = ST_CLOSING;
+		c->abrupt = true;
+	} else if (!c->job.keep_alive) {
+		c->state = ST_CLOSING;
+	}
+}
+
+/* --- errors ------------------------------------------------------------------------------- */
+
+static void error_defaults(enum wire_format fmt, unsigned status, const char **type,
+                           const char **code, const char **msg)
+{
+	*code = NULL;
+	if (fmt == FMT_ANTHROPIC) {
+		switch (status) {
+		case 400: *type = "invalid_request_error"; *msg = "Invalid request."; break;
+		case 401: *type = "authentication_error"; *msg = "invalid x-api-key"; break;
+		case 402: *type = "billing_error"; *msg = "Your credit balance is too low."; break;
+		case 403: *type = "permission_error"; *msg = "Your API key does not have permission to use the specified resource."; break;
+		case 404: *type = "not_found_error"; *msg = "Not found."; break;
+		case 413: *type = "request_too_large"; *msg = "Request exceeds the maximum allowed number of bytes."; break;
+		case 429: *type = "rate_limit_error"; *msg = "This request would exceed the rate limit for your organization. (mock)"; break;
+		case 500: *type = "api_error"; *msg = "Internal server error"; break;
+		case 504: *type = "timeout_error"; *msg = "Request timed out."; break;
+		case 529: *type = "overloaded_error"; *msg = "Overloaded"; break;
+		default:
+			*type = status < 500 ? "invalid_request_error" : "api_error";
+			*msg = status < 500 ? "Invalid request." : "Internal server error";
+		}
+		return;
+	}
+	switch (status) {
+	case 401:
+		*type = "invalid_request_error";
+		*code = "invalid_api_key";
+		*msg = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.";
+		break;
+	case 403:
+		*type = "invalid_request_error";
+		*code = "unsupported_country_region_territory";
+		*msg = "Country, region, or territory not supported";
+		break;
+	case 404:
+		*type = "invalid_request_error";
+		*code = "model_not_found";
+		*msg = "The model does not exist or you do not have access to it.";
+		break;
+	case 429:
+		*type = "requests";
+		*code = "rate_limit_exceeded";
+		*msg = "Rate limit reached for requests (mock). Please try again later.";
+		break;
+	case 500:
+		*type = "server_error";
+		*msg = "The server had an error while processing your request. Sorry about that!";
+		break;
+	case 503:
+		*type = "server_error";
+		*msg = "The engine is currently overloaded, please try again later.";
+		break;
+	default:
+		*type = status < 500 ? "invalid_request_error" : "server_error";
+		*msg = status < 500 ? "Invalid request." : "The server had an error while processing your request.";
+	}
+}
+
+/* respond_error answers status with an error body in the provider's shape.
+ * type/msg NULL: the provider's usual ones for status. */
+static void respond_error(struct conn *c, unsigned status, const char *type, const char *msg,
+                          size_t msg_len)
+{
+	struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	const char *dtype, *dcode, *dmsg;
+	error_defaults((enum wire_format)j->fmt, status, &dtype, &dcode, &dmsg);
+	if (type)
+		dcode = NULL;
+	else
+		type = dtype;
+	if (!msg) {
+		msg = dmsg;
+		msg_len = strlen(dmsg);
+	}
+	b->len = 0;
+	if (j->fmt == FMT_ANTHROPIC) {
+		PUT_LIT(b, "{\"type\":\"error\",\"error\":{\"type\":\"");
+		put_cstr(b, type);
+		PUT_LIT(b, "\",\"message\":\"");
+		put_json_escaped(b, msg, msg_len);
+		PUT_LIT(b, "\"}}");
+	} else {
+		PUT_LIT(b, "{\"error\":{\"message\":\"");
+		put_json_escaped(b, msg, msg_len);
+		PUT_LIT(b, "\",\"type\":\"");
+		put_cstr(b, type);
+		PUT_LIT(b, "\",\"param\":null,\"code\":");
+		if (dcode) {
+			put_ch(b, '"');
+			put_cstr(b, dcode);
+			put_ch(b, '"');
+		} else
+			PUT_LIT(b, "null");
+		PUT_LIT(b, "}}");
+	}
+	send_body(c, status, CT_JSON, b, false);
+}
+
+/* --- response bodies ------------------------------------------------------------------- */
+
+static void put_words(struct buf *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t i = from; i < to; i++) {
+		const struct word *wd = word_at(i);
+		put(b, wd->s, wd->len);
+	}
+}
+
+/* Tool arguments are {"text":"<words>"}; escaped: inside a JSON string. */
+static void put_tool_args(struct buf *b, const struct job *j, uint64_t from, uint64_t to,
+                          uint64_t total, bool escaped)
+{
+	if (from == 0) {
+		if (escaped)
+			PUT_LIT(b, "{\\\"text\\\":\\\"");
+		else
+			PUT_LIT(b, "{\"text\":\"");
+	}
+	put_words(b, from, to);
+	if (to == total && !j->capped) {
+		if (escaped)
+			PUT_LIT(b, "\\\"}");
+		else
+			PUT_LIT(b, "\"}");
+	}
+}
+
+static const char *finish_reason(const struct job *j)
+{
+	if (j->fmt == FMT_ANTHROPIC)
+		return j->capped ? "max_tokens" : j->tool ? "tool_use" : "end_turn";
+	return j->capped ? "length" : j->tool ? "tool_calls" : "stop";
+}
+
+static void put_openai_usage(struct buf *b, const struct job *j, uint64_t out_tokens)
+{
+	PUT_LIT(b, "{\"prompt_tokens\":");
+	put_u64(b, j->input_tokens);
+	PUT_LIT(b, ",\"completion_tokens\":");
+	put_u64(b, out_tokens);
+	PUT_LIT(b, ",\"total_tokens\":");
+	put_u64(b, j->input_tokens + out_tokens);
+	if (j->ep == EP_CHAT)
+		PUT_LIT(b, ",\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
+		           "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
+		           "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}");
+	else
+		put_ch(b, '}');
+}
+
+static void put_model(struct buf *b, const struct job *j)
+{
+	put(b, j->model, j->model_len);
+}
+
+/* body_generation writes the non-stream answer of chat, completions and
+ * messages with n words of content. */
+static void body_generation(struct buf *b, const struct job *j, uint64_t n)
+{
+	b->len = 0;
+	if (j->ep == EP_MESSAGES) {
+		PUT_LIT(b, "{\"id\":\"msg_");
+		put_hex(b, j->id);
+		PUT_LIT(b, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"");
+		put_model(b, j);
+		if (j->tool) {
+			PUT_LIT(b, "\",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_");
+			put_hex(b, j->id);
+			PUT_LIT(b, "\",\"name\":\"");
+			put(b, j->tool_name, j->tool_name_len);
+			PUT_LIT(b, "\",\"input\":");
+			if (n == 0)
+				PUT_LIT(b, "{}");
+			else {
+				/* a length-capped input is closed anyway: "input" is an object */
+				PUT_LIT(b, "{\"text\":\"");
+				put_words(b, 0, n);
+				PUT_LIT(b, "\"}");
+			}
+			PUT_LIT(b, "}]");
+		} else {
+			PUT_LIT(b, "\",\"content\":[{\"type\":\"text\",\"text\":\"");
+			put_words(b, 0, n);
+			PUT_LIT(b, "\"}]");
+		}
+		PUT_LIT(b, ",\"stop_reason\":\"");
+		put_cstr(b, finish_reason(j));
+		PUT_LIT(b, "\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":");
+		put_u64(b, j->input_tokens);
+		PUT_LIT(b, ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,"
+		           "\"output_tokens\":");
+		put_u64(b, n);
+		PUT_LIT(b, "}}");
+		return;
+	}
+	if (j->ep == EP_COMPLETIONS) {
+		PUT_LIT(b, "{\"id\":\"cmpl-");
+		put_hex(b, j->id);
+		PUT_LIT(b, "\",\"object\":\"text_completion\",\"created\":");
+		put_u64(b, j->created);
+		PUT_LIT(b, ",\"model\":\"");
+		put_model(b, j);
+		PUT_LIT(b, "\",\"choices\":[{\"text\":\"");
+		put_words(b, 0, n);
+		PUT_LIT(b, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
+		put_cstr(b, finish_reason(j));
+		PUT_LIT(b, "\"}],\"usage\":");
+		put_openai_usage(b, j, n);
+		put_ch(b, '}');
+		return;
+	}
+	PUT_LIT(b, "{\"id\":\"chatcmpl-");
+	put_hex(b, j->id);
+	PUT_LIT(b, "\",\"object\":\"chat.completion\",\"created\":");
+	put_u64(b, j->created);
+	PUT_LIT(b, ",\"model\":\"");
+	put_model(b, j);
+	PUT_LIT(b, "\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",");
+	if (j->tool) {
+		PUT_LIT(b, "\"content\":null,\"tool_calls\":[{\"id\":\"call_");
+		put_hex(b, j->id);
+		PUT_LIT(b, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		put(b, j->tool_name, j->tool_name_len);
+		PUT_LIT(b, "\",\"arguments\":\"");
+		if (n == 0)
+			PUT_LIT(b, "{}");
+		else
+			put_tool_args(b, j, 0, n, n, true);
+		PUT_LIT(b, "\"}}],");
+	} else {
+		PUT_LIT(b, "\"content\":\"");
+		put_words(b, 0, n);
+		PUT_LIT(b, "\",");
+	}
+	PUT_LIT(b, "\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"");
+	put_cstr(b, finish_reason(j));
+	PUT_LIT(b, "\"}],\"usage\":");
+	put_openai_usage(b, j, n);
+	PUT_LIT(b, ",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\"}");
+}
+
+static void respond_generation(struct conn *c)
+{
+	struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	uint64_t n = j->out_tokens;
+	body_generation(b, j, n);
+	if (j->response_bytes > b->len) {
+		/* pad the text with more words until the body is ~response_bytes */
+		uint64_t want = j->response_bytes - b->len, got = 0;
+		while (got < want)
+			got += word_at(n++)->len;
+		body_generation(b, j, n);
+	}
+	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
+}
+
+static void put_b64(struct buf *b, const unsigned char *s, size_t len)
+{
+	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t i = 0;
+	for (; i + 3 <= len; i += 3) {
+		uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+		char o[4] = { tab[v >> 18], tab[(v >> 12) & 63], tab[(v >> 6) & 63], tab[v & 63] };
+		put(b, o, 4);
+	}
+	if (len - i == 1) {
+		uint32_t v = (uint32_t)s[i] << 16;
+		char o[4] = { tab[v >> 18], tab[(v >> 12) & 63], '=', '=' };
+		put(b, o, 4);
+	} else if (len - i == 2) {
+		uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
+		char o[4] = { tab[v >> 18], tab[(v >> 12) & 63], tab[(v >> 6) & 63], '=' };
+		put(b, o, 4);
+	}
+}
+
+static void respond_embeddings(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	b->len = 0;
+	PUT_LIT(b, "{\"object\":\"list\",\"data\":[");
+	for (uint64_t i = 0; i < j->embed_inputs; i++) {
+		if (i)
+			put_ch(b, ',');
+		PUT_LIT(b, "{\"object\":\"embedding\",\"index\":");
+		put_u64(b, i);
+		PUT_LIT(b, ",\"embedding\":");
+		if (j->embed_base64) {
+			/* little-endian float32s, base64: what encoding_format=base64 returns */
+			put_ch(b, '"');
+			unsigned char raw[3 * 64];
+			size_t fill = 0;
+			for (uint64_t d = 0; d < j->embed_dims; d++) {
+				float f = g_emb_val[(i * 7 + d * 13 + i * d) & (EMBED_TABLE_LEN - 1)];
+				memcpy(raw + fill, &f, 4);
+				fill += 4;
+				if (fill == sizeof(raw)) {
+					put_b64(b, raw, fill);
+					fill = 0;
+				}
+			}
+			put_b64(b, raw, fill);
+			put_ch(b, '"');
+		} else {
+			put_ch(b, '[');
+			for (uint64_t d = 0; d < j->embed_dims; d++) {
+				size_t k = (i * 7 + d * 13 + i * d) & (EMBED_TABLE_LEN - 1);
+				if (d)
+					put_ch(b, ',');
+				put(b, g_emb_str[k], g_emb_len[k]);
+			}
+			put_ch(b, ']');
+		}
+		put_ch(b, '}');
+	}
+	PUT_LIT(b, "],\"model\":\"");
+	put_model(b, j);
+	PUT_LIT(b, "\",\"usage\":{\"prompt_tokens\":");
+	put_u64(b, j->input_tokens);
+	PUT_LIT(b, ",\"total_tokens\":");
+	put_u64(b, j->input_tokens);
+	PUT_LIT(b, "}}");
+	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
+}
+
+static const char *const g_model_ids[] = {
+	"gpt-4o-mini", "gpt-4o", "gpt-4.1", "text-embedding-3-small", "mock-model",
+};
+
+static void put_model_object(struct buf *b, const char *id, size_t id_len)
+{
+	PUT_LIT(b, "{\"id\":\"");
+	put(b, id, id_len);
+	PUT_LIT(b, "\",\"object\":\"model\",\"created\":1715367049,\"owned_by\":\"system\"}");
+}
+
+static void respond_models(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	b->len = 0;
+	if (j->ep == EP_MODEL) {
+		put_model_object(b, j->model, j->model_len);
+	} else {
+		PUT_LIT(b, "{\"object\":\"list\",\"data\":[");
+		for (size_t i = 0; i < SL_ARRAY_LEN(g_model_ids); i++) {
+			if (i)
+				put_ch(b, ',');
+			put_model_object(b, g_model_ids[i], strlen(g_model_ids[i]));
+		}
+		PUT_LIT(b, "]}");
+	}
+	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
+}
+
+static void respond_count_tokens(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	b->len = 0;
+	PUT_LIT(b, "{\"input_tokens\":");
+	put_u64(b, j->input_tokens);
+	put_ch(b, '}');
+	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
+}
+
+/* --- streams ---------------------------------------------------------------------------- */
+
+/* ev_commit queues the event in w->eb as one HTTP chunk. */
+static void ev_commit(struct conn *c)
+{
+	struct buf *e = &c->w->eb;
+	struct buf *o = &c->out;
+	if (c->job.chunked) {
+		put_hex(o, e->len);
+		PUT_LIT(o, "\r\n");
+		put(o, e->ptr, e->len);
+		PUT_LIT(o, "\r\n");
+	} else {
+		put(o, e->ptr, e->len);
+	}
+}
+
+static void oa_chunk_open(struct buf *e, const struct job *j)
+{
+	e->len = 0;
+	if (j->ep == EP_CHAT) {
+		PUT_LIT(e, "data: {\"id\":\"chatcmpl-");
+		put_hex(e, j->id);
+		PUT_LIT(e, "\",\"object\":\"chat.completion.chunk\",\"created\":");
+	} else {
+		PUT_LIT(e, "data: {\"id\":\"cmpl-");
+		put_hex(e, j->id);
+		PUT_LIT(e, "\",\"object\":\"text_completion\",\"created\":");
+	}
+	put_u64(e, j->created);
+	PUT_LIT(e, ",\"model\":\"");
+	put_model(e, j);
+	if (j->ep == EP_CHAT)
+		PUT_LIT(e, "\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\",\"choices\":[");
+	else
+		PUT_LIT(e, "\",\"choices\":[");
+}
+
+static void oa_chunk_close(struct conn *c)
+{
+	struct buf *e = &c->w->eb;
+	if (c->job.include_usage)
+		PUT_LIT(e, "],\"usage\":null}\n\n");
+	else
+		PUT_LIT(e, "]}\n\n");
+	ev_commit(c);
+}
+
+static void stream_preamble(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	if (j->ep == EP_MESSAGES) {
+		e->len = 0;
+		PUT_LIT(e, "event: message_start\ndata: {\"type\":\"message_start\",\"message\":"
+		           "{\"id\":\"msg_");
+		put_hex(e, j->id);
+		PUT_LIT(e, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"");
+		put_model(e, j);
+		PUT_LIT(e, "\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
+		           "\"usage\":{\"input_tokens\":");
+		put_u64(e, j->input_tokens);
+		PUT_LIT(e, ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,"
+		           "\"output_tokens\":1}}}\n\n");
+		ev_commit(c);
+		e->len = 0;
+		if (j->tool) {
+			PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+			           "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_");
+			put_hex(e, j->id);
+			PUT_LIT(e, "\",\"name\":\"");
+			put(e, j->tool_name, j->tool_name_len);
+			PUT_LIT(e, "\",\"input\":{}}}\n\n");
+		} else {
+			PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+			           "\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+		}
+		ev_commit(c);
+		e->len = 0;
+		PUT_LIT(e, "event: ping\ndata: {\"type\": \"ping\"}\n\n");
+		ev_commit(c);
+		return;
+	}
+	if (j->ep != EP_CHAT)
+		return; /* legacy completions start with the first text chunk */
+	oa_chunk_open(e, j);
+	if (j->tool) {
+		PUT_LIT(e, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,"
+		           "\"tool_calls\":[{\"index\":0,\"id\":\"call_");
+		put_hex(e, j->id);
+		PUT_LIT(e, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		put(e, j->tool_name, j->tool_name_len);
+		if (j->out_tokens == 0)
+			PUT_LIT(e, "\",\"arguments\":\"{}\"}}],");
+		else
+			PUT_LIT(e, "\",\"arguments\":\"\"}}],");
+		PUT_LIT(e, "\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}");
+	} else {
+		PUT_LIT(e, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\","
+		           "\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}");
+	}
+	oa_chunk_close(c);
+}
+
+static void stream_content(struct conn *c, uint64_t i)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	if (j->ep == EP_MESSAGES) {
+		e->len = 0;
+		if (j->tool) {
+			PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+			           "\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"");
+			put_tool_args(e, j, i, i + 1, j->out_tokens, true);
+		} else {
+			PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
+			           "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+			put_words(e, i, i + 1);
+		}
+		PUT_LIT(e, "\"}}\n\n");
+		ev_commit(c);
+		return;
+	}
+	oa_chunk_open(e, j);
+	if (j->ep == EP_COMPLETIONS) {
+		PUT_LIT(e, "{\"text\":\"");
+		put_words(e, i, i + 1);
+		PUT_LIT(e, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}");
+	} else if (j->tool) {
+		PUT_LIT(e, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+		           "{\"arguments\":\"");
+		put_tool_args(e, j, i, i + 1, j->out_tokens, true);
+		PUT_LIT(e, "\"}}]},\"logprobs\":null,\"finish_reason\":null}");
+	} else {
+		PUT_LIT(e, "{\"index\":0,\"delta\":{\"content\":\"");
+		put_words(e, i, i + 1);
+		PUT_LIT(e, "\"},\"logprobs\":null,\"finish_reason\":null}");
+	}
+	oa_chunk_close(c);
+}
+
+static void stream_trailer(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	if (j->ep == EP_MESSAGES) {
+		e->len = 0;
+		PUT_LIT(e, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+		           "\"index\":0}\n\n");
+		ev_commit(c);
+		e->len = 0;
+		PUT_LIT(e, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
+		           "{\"stop_reason\":\"");
+		put_cstr(e, finish_reason(j));
+		PUT_LIT(e, "\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":");
+		put_u64(e, j->out_tokens);
+		PUT_LIT(e, "}}\n\n");
+		ev_commit(c);
+		e->len = 0;
+		PUT_LIT(e, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+		ev_commit(c);
+	} else {
+		oa_chunk_open(e, j);
+		if (j->ep == EP_COMPLETIONS)
+			PUT_LIT(e, "{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
+		else
+			PUT_LIT(e, "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
+		put_cstr(e, finish_reason(j));
+		PUT_LIT(e, "\"}");
+		oa_chunk_close(c);
+		if (j->include_usage) {
+			oa_chunk_open(e, j);
+			PUT_LIT(e, "],\"usage\":");
+			put_openai_usage(e, j, j->out_tokens);
+			PUT_LIT(e, "}\n\n");
+			ev_commit(c);
+		}
+		e->len = 0;
+		PUT_LIT(e, "data: [DONE]\n\n");
+		ev_commit(c);
+	}
+	if (j->chunked)
+		PUT_LIT(&c->out, "0\r\n\r\n");
+}
+
+/* stream_pump queues stream events until the stream ends, a token delay
+ * starts (timer armed), x-mock-disconnect-after cuts it (ST_CLOSING abrupt)
+ * or the output backs up (want_out). */
+static void stream_pump(struct conn *c)
+{
+	struct job *j = &c->job;
+	SL_ASSERT(c->state == ST_STREAM);
+	if (j->phase == PH_PRE) {
+		stream_preamble(c);
+		j->phase = PH_CONTENT;
+	}
+	while (j->phase == PH_CONTENT) {
+		if ((int64_t)j->emitted == j->disconnect_after) {
+			c->state = ST_CLOSING;
+			c->abrupt = true;
+			return;
+		}
+		if (j->emitted == j->out_tokens) {
+			j->phase = PH_POST;
+			break;
+		}
+		if (j->token_delay_ms && !j->delay_elapsed) {
+			timer_set(c, j->token_delay_ms);
+			return;
+		}
+		j->delay_elapsed = false;
+		stream_content(c, j->emitted++);
+		if (c->out.len - c->out_off >= OUT_PENDING_MAX) {
+			c->want_out = true;
+			return;
+		}
+	}
+	stream_trailer(c);
+	c->state = (j->keep_alive && j->chunked) ? ST_IDLE : ST_CLOSING;
+}
+
+static void stream_start(struct conn *c)
+{
+	struct job *j = &c->job;
+	struct buf *h = &c->w->hb;
+	j->chunked = !j->http10;
+	if (j->http10)
+		j->keep_alive = false; /* close-delimited */
+	build_head(c, h, 200, CT_SSE, -1);
+	put(&c->out, h->ptr, h->len);
+	c->state = ST_STREAM;
+	j->phase = PH_PRE;
+	stream_pump(c);
+}
+
+/* --- requests ---------------------------------------------------------------------------- */
+
+static void respond_malformed(struct conn *c)
+{
+	static const char bad[] = "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n"
+	                          "{\"id\":\"chatcmpl-malformed\",\"object\":\"chat.completion\",";
+	put(&c->out, bad, sizeof(bad) - 1);
+	c->state = ST_CLOSING;
+	c->abrupt = true;
+}
+
+/* respond_start answers the request described by c->job (now, or when its
+ * first-byte delay expired). */
+static void respond_start(struct conn *c)
+{
+	struct job *j = &c->job;
+	if (j->malformed) {
+		respond_malformed(c);
+		return;
+	}
+	if (j->err_status) {
+		respond_error(c, j->err_status, j->err_type, j->msg, j->msg_len);
+		return;
+	}
+	if (j->mock_status) {
+		respond_error(c, j->mock_status, NULL, NULL, 0);
+		return;
+	}
+	if (j->json_bad) {
+		if (j->fmt == FMT_ANTHROPIC)
+			respond_error(c, 400, "invalid_request_error", "There was an error parsing the body of your request.",
+			              strlen("There was an error parsing the body of your request."));
+		else
+			respond_error(c, 400, "invalid_request_error", "We could not parse the JSON body of your request.",
+			              strlen("We could not parse the JSON body of your request."));
+		return;
+	}
+	switch (j->ep) {
+	case EP_CHAT:
+	case EP_COMPLETIONS:
+	case EP_MESSAGES:
+		if (j->stream)
+			stream_start(c);
+		else
+			respond_generation(c);
+		break;
+	case EP_EMBEDDINGS:
+		respond_embeddings(c);
+		break;
+	case EP_MODELS:
+	case EP_MODEL:
+		respond_models(c);
+		break;
+	case EP_COUNT_TOKENS:
+		respond_count_tokens(c);
+		break;
+	default:
+		SL_ASSERT(!"unrouted endpoint");
+	}
+}
+
+static void job_init(struct conn *c)
+{
+	struct job *j = &c->job;
+	memset(j, 0, offsetof(struct job, model));
+	j->retry_after_s = -1;
+	j->disconnect_after = -1;
+	j->tokens = TOKENS_DEFAULT;
+	j->max_tokens = UINT64_MAX;
+	j->embed_inputs = 1;
+	j->embed_dims = EMBED_DIMS_DEFAULT;
+	memcpy(j->model, "mock-model", 10);
+	j->model_len = 10;
+	struct worker *w = c->w;
+	j->id = (uint64_t)w->idx << 40 | ++w->id_seq;
+}
+
+static void job_message(struct job *j, const char *what, const struct sl_http_request *req,
+                        size_t path_len)
+{
+	int n = snprintf(j->msg, sizeof(j->msg), "%s (%.*s %.*s)", what, (int)SL_MIN(req->method_len, 32u),
+	                 req->method_str, (int)SL_MIN(path_len, 200u), req->target);
+	j->msg_len = (uint16_t)(n < 0 ? 0 : SL_MIN((size_t)n, sizeof(j->msg) - 1));
+}
+
+struct route {
+	const char *path;
+	size_t path_len;
+	enum sl_http_method method;
+	enum endpoint ep;
+};
+#define ROUTE(p, m, e) { p, sizeof(p) - 1, m, e }
+static const struct route g_routes[] = {
+	ROUTE("/v1/chat/completions", SL_METHOD_POST, EP_CHAT),
+	ROUTE("/v1/messages", SL_METHOD_POST, EP_MESSAGES),
+	ROUTE("/v1/completions", SL_METHOD_POST, EP_COMPLETIONS),
+	ROUTE("/v1/embeddings", SL_METHOD_POST, EP_EMBEDDINGS),
+	ROUTE("/v1/messages/count_tokens", SL_METHOD_POST, EP_COUNT_TOKENS),
+	ROUTE("/v1/models", SL_METHOD_GET, EP_MODELS),
+	ROUTE("/mock/stats", SL_METHOD_GET, EP_STATS),
+	ROUTE("/mock/reset", SL_METHOD_POST, EP_RESET),
+};
+
+static void route(struct job *j, const struct sl_http_request *req)
+{
+	const char *t = req->target;
+	const char *q = memchr(t, '?', req->target_len);
+	size_t len = q ? (size_t)(q - t) : req->target_len;
+	if (len >= 12 && memcmp(t, "/v1/messages", 12) == 0 && (len == 12 || t[12] == '/'))
+		j->fmt = FMT_ANTHROPIC;
+	for (size_t i = 0; i < SL_ARRAY_LEN(g_routes); i++) {
+		const struct route *r = &g_routes[i];
+		if (r->path_len != len || memcmp(r->path, t, len) != 0)
+			continue;
+		if (req->method == r->method) {
+			j->ep = (uint8_t)r->ep;
+			return;
+		}
+		j->err_status = 405;
+		j->err_type = "invalid_request_error";
+		j->allow = r->method == SL_METHOD_GET ? "GET" : "POST";
+		job_message(j, "Invalid method for URL", req, len);
+		return;
+	}
+	if (len > 11 && memcmp(t, "/v1/models/", 11) == 0 && !memchr(t + 11, '/', len - 11)) {
+		if (req->method != SL_METHOD_GET) {
+			j->err_status = 405;
+			j->err_type = "invalid_request_error";
+			j->allow = "GET";
+			job_message(j, "Invalid method for URL", req, len);
+			return;
+		}
+		j->ep = EP_MODEL;
+		struct buf id = { 0 };
+		put_json_escaped(&id, t + 11, len - 11);
+		size_t n = js_str_cut(id.ptr, id.len, sizeof(j->model) - 1);
+		memcpy(j->model, id.ptr, n);
+		j->model_len = (uint16_t)n;
+		free(id.ptr);
+		return;
+	}
+	j->err_status = 404;
+	j->err_type = j->fmt == FMT_ANTHROPIC ? "not_found_error" : "invalid_request_error";
+	job_message(j, "Invalid URL", req, len);
+}
+
+static bool header_u64(const struct sl_http_header *h, uint64_t max, uint64_t *out)
+{
+	if (!h->value_len || h->value_len > 19)
+		return false;
+	uint64_t v = 0;
+	for (uint32_t i = 0; i < h->value_len; i++) {
+		char ch = h->value[i];
+		if (ch < '0' || ch > '9')
+			return false;
+		v = v * 10 + (uint64_t)(ch - '0');
+	}
+	*out = v > max ? max : v;
+	return true;
+}
+
+#define NAME_IS(n, nl, lit) ((nl) == sizeof(lit) - 1 && sl_ascii_ieq((n), lit, sizeof(lit) - 1))
+
+static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
+{
+	for (uint32_t i = 0; i < req->num_headers; i++) {
+		const struct sl_http_header *h = &req->headers[i];
+		if (h->name_len <= 7 || !sl_ascii_ieq(h->name, "x-mock-", 7))
+			continue;
+		const char *n = h->name + 7;
+		size_t nl = h->name_len - 7;
+		uint64_t v;
+		if (NAME_IS(n, nl, "status")) {
+			if (header_u64(h, 999, &v) && v >= 400 && v <= 599)
+				j->mock_status = (uint16_t)v;
+		} else if (NAME_IS(n, nl, "retry-after")) {
+			if (header_u64(h, UINT32_MAX, &v))
+				j->retry_after_s = (int64_t)v;
+		} else if (NAME_IS(n, nl, "first-byte-delay-ms")) {
+			if (header_u64(h, DELAY_MS_MAX, &v))
+				j->first_byte_delay_ms = v;
+		} else if (NAME_IS(n, nl, "token-delay-ms")) {
+			if (header_u64(h, DELAY_MS_MAX, &v))
+				j->token_delay_ms = v;
+		} else if (NAME_IS(n, nl, "tokens")) {
+			if (header_u64(h, TOKENS_MAX, &v))
+				j->tokens = v;
+		} else if (NAME_IS(n, nl, "disconnect-after")) {
+			if (header_u64(h, TOKENS_MAX + 1, &v))
+				j->disconnect_after = (int64_t)v;
+		} else if (NAME_IS(n, nl, "malformed")) {
+			j->malformed = h->value_len && !(h->value_len == 1 && h->value[0] == '0') &&
+			               !NAME_IS(h->value, h->value_len, "false");
+		} else if (NAME_IS(n, nl, "response-bytes")) {
+			if (header_u64(h, RESPONSE_BYTES_MAX, &v))
+				j->response_bytes = v;
+		}
+	}
+}
+
+static void copy_json_string(struct sl_str v, char *dst, size_t dst_size, uint16_t *out_len)
+{
+	if (v.len < 2 || v.ptr[0] != '"')
+		return;
+	size_t n = js_str_cut(v.ptr + 1, v.len - 2, dst_size - 1);
+	memcpy(dst, v.ptr + 1, n);
+	*out_len = (uint16_t)n;
+}
+
+/* tool_name finds the name of the first tool: {"name":..} (Anthropic) or
+ * {"type":"function","function":{"name":..}} (OpenAI). */
+static void scan_tools(struct job *j, struct sl_str v)
+{
+	const char *e = v.ptr + v.len;
+	const char *p = js_ws(v.ptr + 1, e);
+	if (p >= e || *p == ']')
+		return;
+	j->tool = true;
+	memcpy(j->tool_name, "mock_tool", 9);
+	j->tool_name_len = 9;
+	struct js_obj o;
+	struct sl_str k, val;
+	if (!js_obj_open(&o, p, e))
+		return;
+	while (js_obj_next(&o, &k, &val) > 0) {
+		if (STR_IS(k, "name")) {
+			copy_json_string(val, j->tool_name, sizeof(j->tool_name), &j->tool_name_len);
+			return;
+		}
+		if (STR_IS(k, "function")) {
+			struct js_obj f;
+			struct sl_str fk, fv;
+			if (!js_obj_open(&f, val.ptr, val.ptr + val.len))
+				continue;
+			while (js_obj_next(&f, &fk, &fv) > 0)
+				if (STR_IS(fk, "name")) {
+					copy_json_string(fv, j->tool_name, sizeof(j->tool_name), &j->tool_name_len);
+					return;
+				}
+		}
+	}
+}
+
+/* parse_body reads the top-level keys the answer depends on. Returns false
+ * when the body is not a JSON object. */
+static bool parse_body(struct job *j, const char *body, size_t len)
+{
+	struct js_obj o;
+	struct sl_str k, v;
+	if (!js_obj_open(&o, body, body + len))
+		return false;
+	int r;
+	while ((r = js_obj_next(&o, &k, &v)) > 0) {
+		switch (k.len) {
+		case 5:
+			if (STR_IS(k, "model"))
+				copy_json_string(v, j->model, sizeof(j->model), &j->model_len);
+			else if (STR_IS(k, "tools") && v.ptr[0] == '[' && j->ep != EP_COMPLETIONS)
+				scan_tools(j, v);
+			else if (STR_IS(k, "input") && j->ep == EP_EMBEDDINGS && v.ptr[0] == '[') {
+				const char *p = js_ws(v.ptr + 1, v.ptr + v.len);
+				if (p < v.ptr + v.len && (*p == '"' || *p == '['))
+					j->embed_inputs = js_array_count(v.ptr, v.ptr + v.len);
+			}
+			break;
+		case 6:
+			if (STR_IS(k, "stream"))
+				j->stream = STR_IS(v, "true");
+			break;
+		case 10:
+			if (STR_IS(k, "max_tokens"))
+				js_uint(v, TOKENS_MAX, &j->max_tokens);
+			else if (STR_IS(k, "dimensions"))
+				js_uint(v, EMBED_DIMS_MAX, &j->embed_dims);
+			break;
+		case 14:
+			if (STR_IS(k, "stream_options")) {
+				struct js_obj so;
+				struct sl_str sk, sv;
+				if (js_obj_open(&so, v.ptr, v.ptr + v.len))
+					while (js_obj_next(&so, &sk, &sv) > 0)
+						if (STR_IS(sk, "include_usage"))
+							j->include_usage = STR_IS(sv, "true");
+			}
+			break;
+		case 15:
+			if (STR_IS(k, "encoding_format"))
+				j->embed_base64 = STR_IS(v, "\"base64\"");
+			break;
+		case 21:
+			if (STR_IS(k, "max_completion_tokens"))
+				js_uint(v, TOKENS_MAX, &j->max_tokens);
+			break;
+		default:
+			break;
+		}
+	}
+	if (r < 0)
+		return false;
+	return js_ws(o.p, body + len) == body + len;
+}
+
+static void record_request(struct conn *c, const char *head, size_t head_len, const char *body,
+                           size_t body_len)
+{
+	struct thread_stats *st = c->w->st;
+	uint64_t seq = atomic_fetch_add_explicit(&g_seq, 1, memory_order_relaxed) + 1;
+	size_t copy = SL_MIN(body_len, (size_t)STATS_BODY_BYTES);
+	SL_ASSERT(head_len <= HEAD_BYTES_MAX);
+	spin_lock(&st->lock);
+	st->last.seq = seq;
+	st->last.head_len = (uint32_t)head_len;
+	memcpy(st->last.head, head, head_len);
+	st->last.body_len = body_len;
+	st->last.body_copied = (uint32_t)copy;
+	if (copy)
+		memcpy(st->last.body, body, copy);
+	spin_unlock(&st->lock);
+}
+
+static void respond_stats(struct conn *c)
+{
+	struct worker *w = c->w;
+	struct buf *b = &w->sb;
+	uint64_t accepted = 0, requests = 0, best = 0;
+	int64_t open = 0;
+	for (int i = 0; i < g_nthreads; i++) {
+		struct thread_stats *st = &g_stats[i];
+		accepted += atomic_load_explicit(&st->accepted, memory_order_relaxed);
+		open += atomic_load_explicit(&st->open, memory_order_relaxed);
+		requests += atomic_load_explicit(&st->requests, memory_order_relaxed);
+		spin_lock(&st->lock);
+		if (st->last.seq > best) {
+			best = st->last.seq;
+			struct last_request *lr = w->lr_copy;
+			lr->seq = st->last.seq;
+			lr->head_len = st->last.head_len;
+			lr->body_len = st->last.body_len;
+			lr->body_copied = st->last.body_copied;
+			memcpy(lr->head, st->last.head, st->last.head_len);
+			memcpy(lr->body, st->last.body, st->last.body_copied);
+		}
+		spin_unlock(&st->lock);
+	}
+	b->len = 0;
+	PUT_LIT(b, "{\"connections_accepted\":");
+	put_u64(b, accepted);
+	PUT_LIT(b, ",\"connections_open\":");
+	put_u64(b, open > 0 ? (uint64_t)open : 0);
+	PUT_LIT(b, ",\"requests\":");
+	put_u64(b, requests);
+	PUT_LIT(b, ",\"last_request\":");
+	struct sl_http_request req;
+	req.headers = w->stats_hdrs;
+	const struct last_request *lr = w->lr_copy;
+	if (!best || sl_http_parse_request(lr->head, lr->head_len, &req, &g_limits) < 0) {
+		PUT_LIT(b, "null}");
+	} else {
+		PUT_LIT(b, "{\"method\":\"");
+		put_json_escaped(b, req.method_str, req.method_len);
+		PUT_LIT(b, "\",\"path\":\"");
+		put_json_escaped(b, req.target, req.target_len);
+		PUT_LIT(b, "\",\"headers\":[");
+		for (uint32_t i = 0; i < req.num_headers; i++) {
+			const struct sl_http_header *h = &req.headers[i];
+			if (i)
+				put_ch(b, ',');
+			PUT_LIT(b, "[\"");
+			put_json_escaped(b, h->name, h->name_len);
+			PUT_LIT(b, "\",\"");
+			put_json_escaped(b, h->value, h->value_len);
+			PUT_LIT(b, "\"]");
+		}
+		PUT_LIT(b, "],\"body_len\":");
+		put_u64(b, lr->body_len);
+		PUT_LIT(b, ",\"body\":\"");
+		put_json_escaped(b, lr->body, lr->body_copied);
+		PUT_LIT(b, "\"}}");
+	}
+	send_body(c, 200, CT_JSON, b, false);
+}
+
+static void respond_reset(struct conn *c)
+{
+	for (int i = 0; i < g_nthreads; i++) {
+		struct thread_stats *st = &g_stats[i];
+		/* connections_open is a gauge: it is not reset */
+		atomic_store_explicit(&st->accepted, 0, memory_order_relaxed);
+		atomic_store_explicit(&st->requests, 0, memory_order_relaxed);
+		spin_lock(&st->lock);
+		st->last.seq = 0;
+		spin_unlock(&st->lock);
+	}
+	struct buf *b = &c->w->sb;
+	b->len = 0;
+	PUT_LIT(b, "{\"ok\":true}");
+	send_body(c, 200, CT_JSON, b, false);
+}
+
+/* handle_request answers one complete request whose bytes were consumed
+ * already (head and body stay valid until the next read). */
+static void handle_request(struct conn *c, const struct sl_http_request *req, const char *head,
+                           size_t head_len, const char *body, size_t body_len)
+{
+	struct job *j = &c->job;
+	job_init(c);
+	j->keep_alive = req->keep_alive;
+	j->http10 = req->version_minor == 0;
+	j->head_only = req->method == SL_METHOD_HEAD;
+	route(j, req);
+	atomic_fetch_add_explicit(&c->w->st->requests, 1, memory_order_relaxed);
+	if (j->ep == EP_STATS) {
+		respond_stats(c);
+		return;
+	}
+	if (j->ep == EP_RESET) {
+		respond_reset(c);
+		return;
+	}
+	record_request(c, head, head_len, body, body_len);
+	parse_mock_headers(j, req);
+	j->input_tokens = SL_MAX(body_len / 4, (size_t)1);
+	j->created = (uint64_t)time(NULL);
+	if (!j->err_status && j->ep != EP_MODELS && j->ep != EP_MODEL)
+		j->json_bad = !parse_body(j, body, body_len);
+	j->out_tokens = j->tokens;
+	if (j->max_tokens < j->out_tokens) {
+		j->out_tokens = j->max_tokens;
+		j->capped = true;
+	}
+	if (j->embed_dims == 0)
+		j->embed_dims = 1;
+	if (j->embed_inputs > EMBED_INPUTS_MAX)
+		j->embed_inputs = EMBED_INPUTS_MAX;
+	if (j->embed_inputs * j->embed_dims > EMBED_FLOATS_MAX)
+		j->embed_dims = SL_MAX(EMBED_FLOATS_MAX / j->embed_inputs, (uint64_t)1);
+	if (j->first_byte_delay_ms) {
+		c->state = ST_WAIT_FIRST_BYTE;
+		timer_set(c, j->first_byte_delay_ms);
+		return;
+	}
+	respond_start(c);
+}
+
+/* fail_request answers an unparseable or oversized request and closes. */
+static void fail_request(struct conn *c, unsigned status, const char *msg)
+{
+	job_init(c);
+	c->job.keep_alive = false;
+	respond_error(c, status, "invalid_request_error", msg, strlen(msg));
+	c->state = ST_CLOSING;
+}
+
+static void send_continue(struct conn *c, const struct sl_http_request *req)
+{
+	if (req->expect_continue && !c->sent_continue) {
+		PUT_LIT(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+		c->sent_continue = true;
+	}
+}
+
+/* conn_process answers every complete request in the input buffer, in
+ * order, until one leaves the connection busy (delay, stream, closing). */
+static void conn_process(struct conn *c)
+{
+	struct worker *w = c->w;
+	while (c->state == ST_IDLE) {
+		size_t avail = c->in_len - c->in_off;
+		if (!avail) {
+			c->in_off = c->in_len = 0;
+			if (SL_UNLIKELY(c->in_cap > IN_BYTES_SHRINK)) {
+				char *p = realloc(c->in, IN_BYTES_INITIAL);
+				if (p) {
+					c->in = p;
+					c->in_cap = IN_BYTES_INITIAL;
+				}
+			}
+			return;
+		}
+		char *p = c->in + c->in_off;
+		struct sl_http_request req;
+		req.headers = w->hdrs;
+		ssize_t r = sl_http_parse_request(p, avail, &req, &g_limits);
+		if (r == SL_INCOMPLETE) {
+			if (!conn_need(c, avail + 1))
+				fail_request(c, 431, "Request header fields too large");
+			return;
+		}
+		if (r < 0) {
+			fail_request(c, req.error_status ? req.error_status : 400,
+			             req.error_message ? req.error_message : "Bad request");
+			return;
+		}
+		size_t head_len = (size_t)r, total = head_len, body_len = 0;
+		if (req.framing == SL_BODY_LENGTH) {
+			if (req.content_length > BODY_BYTES_MAX) {
+				fail_request(c, 413, "Request body too large");
+				return;
+			}
+			if (avail - head_len < req.content_length) {
+				send_continue(c, &req);
+				conn_need(c, head_len + req.content_length);
+				return;
+			}
+			body_len = req.content_length;
+			total += body_len;
+		} else if (req.framing == SL_BODY_CHUNKED) {
+			if (!c->chunk_active) {
+				sl_chunked_init(&c->chunked);
+				c->chunk_active = true;
+				c->body_raw = c->body_len = 0;
+			}
+			size_t raw = avail - head_len - c->body_raw;
+			if (raw && !c->chunked.complete) {
+				size_t out_n = 0;
+				ssize_t n = sl_chunked_feed(&c->chunked, p + head_len + c->body_raw, raw,
+				                            p + head_len + c->body_len, &out_n);
+				if (n < 0) {
+					c->chunk_active = false;
+					fail_request(c, 400, "Invalid chunked body");
+					return;
+				}
+				c->body_raw += (size_t)n;
+				c->body_len += out_n;
+			}
+			if (c->body_len > BODY_BYTES_MAX) {
+				c->chunk_active = false;
+				fail_request(c, 413, "Request body too large");
+				return;
+			}
+			if (!c->chunked.complete) {
+				send_continue(c, &req);
+				if (!conn_need(c, avail + 1)) {
+					c->chunk_active = false;
+					fail_request(c, 413, "Request body too large");
+				}
+				return;
+			}
+			c->chunk_active = false;
+			body_len = c->body_len;
+			total += c->body_raw;
+		}
+		c->in_off += total;
+		c->sent_continue = false;
+		handle_request(c, &req, p, head_len, p + head_len, body_len);
+	}
+}
+
+/* conn_read reads what fits into the input buffer. Returns 1 when bytes
+ * arrived, 0 when there is nothing more to read now, -1 when the connection
+ * was closed (EOF or error). */
+static int conn_read(struct conn *c)
+{
+	if (c->in_len == c->in_cap) {
+		if (!c->in_off)
+			return 0; /* full while busy: read again once it is consumed */
+		memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+		c->in_len -= c->in_off;
+		c->in_off = 0;
+	}
+	size_t space = c->in_cap - c->in_len;
+	ssize_t n = read(c->fd, c->in + c->in_len, space);
+	if (n > 0) {
+		c->in_len += (size_t)n;
+		if ((size_t)n < space)
+			c->can_read = false; /* drained: edge-triggered epoll reports new data */
+		return 1;
+	}
+	if (n < 0 && errno == EAGAIN) {
+		c->can_read = false;
+		return 0;
+	}
+	if (n < 0 && errno == EINTR)
+		return 1;
+	if (n == 0) {
+		c->can_read = false;
+		if (c->state == ST_CLOSING)
+			return 0; /* half-closed peer: still deliver the last answer */
+		if (c->state == ST_IDLE && conn_out_pending(c)) {
+			c->state = ST_CLOSING;
+			return 0;
+		}
+	}
+	/* EOF while busy: the client gave up on the answer (cancel it) */
+	conn_kill(c);
+	return -1;
+}
+
+static void conn_linger(struct conn *c)
+{
+	char sink[16384];
+	for (;;) {
+		ssize_t n = read(c->fd, sink, sizeof(sink));
+		if (n > 0)
+			continue;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			c->can_read = false;
+			return;
+		}
+		conn_kill(c);
+		return;
+	}
+}
+
+/* conn_drive moves a connection forward after any event: answer what can be
+ * answered, write, read, until it waits for the socket or a timer. */
+static void conn_drive(struct conn *c)
+{
+	for (;;) {
+		if (c->state == ST_DEAD)
+			return;
+		if (c->state == ST_LINGER) {
+			if (c->can_read)
+				conn_linger(c);
+			return;
+		}
+		if (c->state == ST_IDLE)
+			conn_process(c);
+		if (conn_flush(c) < 0) {
+			conn_kill(c);
+			return;
+		}
+		bool pending = conn_out_pending(c);
+		if (!pending && c->state == ST_STREAM && c->want_out) {
+			c->want_out = false;
+			stream_pump(c);
+			continue;
+		}
+		if (!pending && c->state == ST_CLOSING) {
+			if (c->abrupt) {
+				conn_kill(c);
+				return;
+			}
+			shutdown(c->fd, SHUT_WR);
+			c->state = ST_LINGER;
+			timer_set(c, LINGER_MS);
+			continue;
+		}
+		if (!c->can_read)
+			return;
+		if (conn_read(c) <= 0)
+			return;
+	}
+}
+
+static void conn_on_timer(struct conn *c)
+{
+	switch (c->state) {
+	case ST_WAIT_FIRST_BYTE:
+		c->state = ST_IDLE;
+		respond_start(c);
+		break;
+	case ST_STREAM:
+		c->job.delay_elapsed = true;
+		stream_pump(c);
+		break;
+	case ST_LINGER:
+		conn_kill(c);
+		return;
+	default:
+		return;
+	}
+	conn_drive(c);
+}
+
+static void conn_on_event(struct conn *c, uint32_t events)
+{
+	if (events & EPOLLERR) {
+		conn_kill(c);
+		return;
+	}
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
+		c->can_read = true;
+	conn_drive(c);
+}
+
+/* --- workers ---------------------------------------------------------------------------- */
+
+static void worker_accept(struct worker *w)
+{
+	for (int i = 0; i < ACCEPTS_PER_WAKE; i++) {
+		int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EMFILE || errno == ENFILE) {
+				static atomic_bool warned;
+				if (!atomic_exchange(&warned, true))
+					fputs("sluice-mock: out of file descriptors; raise ulimit -n\n", stderr);
+			}
+			return;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		struct conn *c = calloc(1, sizeof(*c));
+		char *in = malloc(IN_BYTES_INITIAL);
+		char *out = malloc(OUT_BYTES_INITIAL);
+		if (!c || !in || !out)
+			die_oom();
+		c->fd = fd;
+		c->w = w;
+		c->heap_idx = -1;
+		c->state = ST_IDLE;
+		c->in = in;
+		c->in_cap = IN_BYTES_INITIAL;
+		c->out.ptr = out;
+		c->out.cap = OUT_BYTES_INITIAL;
+		c->next = w->conns;
+		if (w->conns)
+			w->conns->prev = c;
+		w->conns = c;
+		atomic_fetch_add_explicit(&w->st->accepted, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&w->st->open, 1, memory_order_relaxed);
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+			                  .data.ptr = c };
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+			conn_kill(c);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event evs[EVENTS_MAX];
+	w->now_us = now_us();
+	for (;;) {
+		int timeout_ms = -1;
+		if (w->heap_len) {
+			int64_t d = w->heap[0]->deadline_us - now_us();
+			timeout_ms = d <= 0 ? 0 : (int)SL_MIN((d + 999) / 1000, (int64_t)INT_MAX);
+		}
+		int n = epoll_wait(w->epfd, evs, EVENTS_MAX, timeout_ms);
+		if (n < 0 && errno != EINTR) {
+			perror("sluice-mock: epoll_wait");
+			exit(1);
+		}
+		w->now_us = now_us();
+		bool stop = false;
+		for (int i = 0; i < n; i++) {
+			void *ptr = evs[i].data.ptr;
+			if (!ptr)
+				worker_accept(w);
+			else if (ptr == w)
+				stop = true;
+			else
+				conn_on_event(ptr, evs[i].events);
+		}
+		if (w->heap_len) {
+			w->now_us = now_us();
+			while (w->heap_len && w->heap[0]->deadline_us <= w->now_us) {
+				struct conn *c = w->heap[0];
+				timer_cancel(c);
+				conn_on_timer(c);
+			}
+		}
+		if (stop)
+			while (w->conns)
+				conn_kill(w->conns);
+		while (w->dead) {
+			struct conn *c = w->dead;
+			w->dead = c->next;
+			conn_free(c);
+		}
+		if (stop)
+			break;
+	}
+	close(w->lfd);
+	close(w->stop_fd);
+	close(w->epfd);
+	free(w->heap);
+	free(w->hb.ptr);
+	free(w->sb.ptr);
+	free(w->eb.ptr);
+	free(w->lr_copy);
+	return NULL;
+}
+
+/* --- start-up ------------------------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+	fputs("usage: sluice-mock [--listen HOST:PORT] [--threads N]\n"
+	      "  a fake OpenAI/Anthropic provider for tests and benchmarks (tools/mock.md)\n"
+	      "  --listen HOST:PORT  default 127.0.0.1:9100; port 0 picks a free port\n"
+	      "  --threads N         worker threads, each with its own SO_REUSEPORT listener\n"
+	      "                      (default 1; 0 = one per online CPU)\n",
+	      f);
+}
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+static void init_embedding_table(void)
+{
+	uint32_t x = 0x2545f491;
+	for (int i = 0; i < EMBED_TABLE_LEN; i++) {
+		x = x * 1664525u + 1013904223u;
+		double v = ((double)((x >> 8) & 0xffff) - 32768.0) / 327680.0; /* [-0.1, 0.1) */
+		int n = snprintf(g_emb_str[i], sizeof(g_emb_str[i]), "%.9g", v);
+		g_emb_len[i] = (uint8_t)n;
+		g_emb_val[i] = strtof(g_emb_str[i], NULL);
+	}
+}
+
+static int open_listener(const struct sockaddr *addr, socklen_t addr_len)
+{
+	int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		die("sluice-mock: socket");
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		die("sluice-mock: SO_REUSEPORT");
+	if (bind(fd, addr, addr_len) < 0)
+		die("sluice-mock: bind");
+	if (listen(fd, 4096) < 0)
+		die("sluice-mock: listen");
+	return fd;
+}
+
+int main(int argc, char **argv)
+{
+	const char *listen_addr = "127.0.0.1:9100";
+	long threads = 1;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "--listen") && i + 1 < argc)
+			listen_addr = argv[++i];
+		else if (!strncmp(a, "--listen=", 9))
+			listen_addr = a + 9;
+		else if ((!strcmp(a, "--threads") && i + 1 < argc) || !strncmp(a, "--threads=", 10)) {
+			const char *v = a[9] == '=' ? a + 10 : argv[++i];
+			char *end;
+			threads = strtol(v, &end, 10);
+			if (*end || threads < 0 || threads > MOCK_THREADS_MAX) {
+				fprintf(stderr, "sluice-mock: --threads: 0..%d\n", MOCK_THREADS_MAX);
+				return 2;
+			}
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return 0;
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (threads == 0)
+		threads = SL_MAX(SL_MIN(sysconf(_SC_NPROCESSORS_ONLN), (long)MOCK_THREADS_MAX), 1L);
+	g_nthreads = (int)threads;
+
+	/* HOST:PORT, [V6]:PORT */
+	char host[256];
+	const char *colon = strrchr(listen_addr, ':');
+	if (!colon || (size_t)(colon - listen_addr) >= sizeof(host)) {
+		fprintf(stderr, "sluice-mock: --listen %s: expected HOST:PORT\n", listen_addr);
+		return 2;
+	}
+	size_t host_len = (size_t)(colon - listen_addr);
+	const char *hp = listen_addr;
+	if (host_len >= 2 && hp[0] == '[' && hp[host_len - 1] == ']') {
+		hp++;
+		host_len -= 2;
+	}
+	memcpy(host, hp, host_len);
+	host[host_len] = 0;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+		                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *ai;
+	int gai = getaddrinfo(host_len ? host : NULL, colon + 1, &hints, &ai);
+	if (gai) {
+		fprintf(stderr, "sluice-mock: --listen %s: %s\n", listen_addr, gai_strerror(gai));
+		return 2;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	struct rlimit rl;
+	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	init_embedding_table();
+
+	g_stats = aligned_alloc(64, sizeof(*g_stats) * (size_t)g_nthreads);
+	g_workers = calloc((size_t)g_nthreads, sizeof(*g_workers));
+	if (!g_stats || !g_workers)
+		die_oom();
+	memset(g_stats, 0, sizeof(*g_stats) * (size_t)g_nthreads);
+
+	/* every thread binds its own listener to the same port (the first one's
+	 * when port 0 was asked for) */
+	struct sockaddr_storage ss;
+	socklen_t ss_len = ai->ai_addrlen;
+	memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(ai);
+	for (int i = 0; i < g_nthreads; i++) {
+		struct worker *w = &g_workers[i];
+		w->idx = i;
+		w->st = &g_stats[i];
+		w->lfd = open_listener((struct sockaddr *)&ss, ss_len);
+		if (i == 0) {
+			ss_len = sizeof(ss);
+			if (getsockname(w->lfd, (struct sockaddr *)&ss, &ss_len) < 0)
+				die("sluice-mock: getsockname");
+		}
+		w->epfd = epoll_create1(EPOLL_CLOEXEC);
+		if (w->epfd < 0)
+			die("sluice-mock: epoll_create1");
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd, &ev) < 0)
+			die("sluice-mock: epoll_ctl");
+		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		struct epoll_event sev = { .events = EPOLLIN, .data.ptr = w };
+		if (w->stop_fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &sev) < 0)
+			die("sluice-mock: eventfd");
+		w->lr_copy = malloc(sizeof(*w->lr_copy));
+		if (!w->lr_copy)
+			die_oom();
+	}
+
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	for (int i = 0; i < g_nthreads; i++) {
+		int err = pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]);
+		if (err) {
+			errno = err;
+			die("sluice-mock: pthread_create");
+		}
+	}
+
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+	if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		port = ntohs(s6->sin6_port);
+		fprintf(stderr, "sluice-mock: ready on [%s]:%u\n", ip, port);
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		port = ntohs(s4->sin_port);
+		fprintf(stderr, "sluice-mock: ready on %s:%u\n", ip, port);
+	}
+	fflush(stderr);
+
+	int sig = 0;
+	while (sigwait(&sigs, &sig) != 0)
+		;
+	/* SIGTERM/SIGINT: every worker closes its connections and returns */
+	for (int i = 0; i < g_nthreads; i++) {
+		uint64_t one = 1;
+		if (write(g_workers[i].stop_fd, &one, sizeof(one)) < 0)
+			die("sluice-mock: eventfd write");
+	}
+	for (int i = 0; i < g_nthreads; i++)
+		pthread_join(g_workers[i].thread, NULL);
+	free(g_workers);
+	free(g_stats);
+	return 0;
+}
