@@ -1034,6 +1034,7 @@ const char *sl_http_status_reason(unsigned status)
 	case 507: return "Insufficient Storage";
 	case 508: return "Loop Detected";
 	case 510: return "Not Extended";
+	case 529: return "Site Overloaded"; /* Anthropic: overloaded_error */
 	case 511: return "Network Authentication Required";
 	default: return "Unknown";
 	}
