@@ -14,6 +14,7 @@
  * completes. A client that reads slowly fills its queue and pauses the
  * upstream recv: backpressure, not memory growth.
  */
+#include "sluice/convert.h"
 #include "sluice/reactor.h"
 
 #include <arpa/inet.h>
@@ -22,6 +23,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MODEL_NAME_MAX 256
@@ -363,6 +365,8 @@ static void client_next_request(struct sl_reactor *r, struct sl_conn *c)
 	if (left)
 		memmove(c->in, c->in + used, left);
 	c->in_len = left;
+	sl_arena_release(&c->cx.arena);
+	sl_buf_release(&c->cx.pending);
 	memset(&c->cx, 0, sizeof c->cx);
 	c->close_after_flush = false;
 	c->state = SL_CLIENT_IDLE;
@@ -737,6 +741,8 @@ static void upstream_close(struct sl_reactor *r, struct sl_conn *u)
  */
 static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char *type,
                             const char *message);
+static void converted_stream_end(struct sl_reactor *r, struct sl_conn *c, bool ok,
+                                 const char *message);
 
 static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned status,
                           const char *type, const char *message)
@@ -747,6 +753,7 @@ static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned stat
 	                      u->ux.is_sse && u->ux.framing == SL_BODY_CHUNKED && !u->ux.dechunk &&
 	                      sl_chunked_at_boundary(&u->ux.chunked) &&
 	                      memcmp(u->ux.tail, "\n\n\r\n", 4) == 0;
+	bool converted_stream = c && c->cx.tc && u->ux.convert_mode == SL_CONVERT_STREAM;
 	upstream_close(r, u);
 	if (!c || c->closing)
 		return;
@@ -754,6 +761,9 @@ static void upstream_fail(struct sl_reactor *r, struct sl_conn *u, unsigned stat
 		respond_error(r, c, status, type, message, NULL, false);
 		if (!c->closing)
 			client_exchange_done(r, c);
+	} else if (converted_stream) {
+		converted_stream_end(r, c, false, message);
+		client_exchange_done(r, c);
 	} else if (can_end_stream && sse_error_event(r, c, type ? type : "upstream_error", message)) {
 		client_exchange_done(r, c);
 	} else {
@@ -893,6 +903,156 @@ static const struct sl_model_target *pick_target(const struct sl_model_config *m
  * exchange_begin routes a fully received request (head + body in c->in) to
  * an upstream and queues the rewritten request on it.
  */
+/* Answers the current exchange with an error and ends it. */
+static void exchange_fail(struct sl_reactor *r, struct sl_conn *c, unsigned status,
+                          const char *type, const char *message, const char *extra_headers)
+{
+	respond_error(r, c, status, type, message, extra_headers, false);
+	if (!c->closing)
+		client_exchange_done(r, c);
+}
+
+/* Answers with a small JSON body built by the caller (copied). */
+static void respond_json(struct sl_reactor *r, struct sl_conn *c, unsigned status,
+                         const char *extra_headers, const char *body, size_t body_len)
+{
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, 512 + body_len, &cap);
+	if (!block) {
+		sl_conn_close(r, c);
+		return;
+	}
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "HTTP/1.1 ");
+	w_u64(&w, status);
+	W_LIT(&w, " ");
+	w_str(&w, sl_http_status_reason(status));
+	W_LIT(&w, "\r\nContent-Type: application/json\r\nContent-Length: ");
+	w_u64(&w, body_len);
+	W_LIT(&w, "\r\nx-request-id: ");
+	w_str(&w, c->cx.request_id);
+	W_LIT(&w, "\r\n");
+	if (extra_headers)
+		w_str(&w, extra_headers);
+	if (!c->keep_alive)
+		W_LIT(&w, "Connection: close\r\n");
+	W_LIT(&w, "\r\n");
+	w_mem(&w, body, body_len);
+	SL_ASSERT(!w.overflow);
+	if (!push_pool_block(c, block, cap, w.len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		sl_conn_close(r, c);
+		return;
+	}
+	c->cx.response_started = true;
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+}
+
+/* Headers a converted request does not carry to a provider of the other
+ * format, and Accept-Encoding: a converter must read the upstream's body. */
+static bool skip_for_conversion(const struct sl_http_header *h, enum sl_format upstream)
+{
+	if (h->name_len == 15 && sl_ascii_ieq(h->name, "accept-encoding", 15))
+		return true;
+	if (upstream == SL_FORMAT_OPENAI)
+		return h->name_len > 10 && sl_ascii_ieq(h->name, "anthropic-", 10);
+	return h->name_len > 7 && sl_ascii_ieq(h->name, "openai-", 7);
+}
+
+/* The arena of one converted exchange: generous for the trees of a request
+ * and its response, bounded so one request cannot take a reactor's memory. */
+static size_t exchange_arena_limit(const struct sl_reactor *r, size_t body_len)
+{
+	size_t lim = 8 * body_len + ((size_t)4 << 20);
+	return SL_MIN(lim, (size_t)(r->config->limits.memory_per_core_bytes / 4));
+}
+
+/*
+ * convert_request parses the client's body and builds the upstream body in
+ * the provider's format into a pool block (the upstream's send queue owns
+ * it, so a retry or an early close never depends on the client's memory).
+ * Returns 0, or answers the client itself and returns -1.
+ */
+static int convert_request(struct sl_reactor *r, struct sl_conn *c,
+                           const struct sl_model_config *model, const struct sl_model_target *t,
+                           const struct sl_provider_config *p, const char *client_model,
+                           size_t client_model_len, const char *body, size_t body_len,
+                           void **out_block, size_t *out_cap, size_t *out_len)
+{
+	sl_arena_release(&c->cx.arena);
+	sl_arena_init(&c->cx.arena, &r->mem, exchange_arena_limit(r, body_len));
+	struct sl_arena *a = &c->cx.arena;
+	struct sl_json *in = NULL;
+	struct sl_json_error jerr = { 0 };
+	if (sl_json_parse(a, body, body_len, NULL, &in, &jerr) != 0) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "The request body is not valid JSON: %s at byte %zu",
+		         jerr.message ? jerr.message : "error", jerr.offset);
+		exchange_fail(r, c, a->failed ? 413 : 400, NULL, msg, NULL);
+		return -1;
+	}
+	struct sl_convert_ctx *ctx = sl_arena_alloc(a, sizeof *ctx);
+	char *name = sl_arena_memdup(a, client_model, client_model_len);
+	if (!ctx || !name) {
+		exchange_fail(r, c, 503, NULL, "The gateway is out of request memory; retry",
+		              "Retry-After: 1\r\n");
+		return -1;
+	}
+	*ctx = (struct sl_convert_ctx){
+		.route = (enum sl_route)c->cx.route,
+		.upstream_format = p->format,
+		.upstream_model = t->model,
+		.client_model = name,
+		.default_max_tokens = model->max_output_tokens ? model->max_output_tokens : 4096,
+		.request_id = c->cx.request_id,
+		.created_s = (int64_t)time(NULL),
+	};
+	struct sl_json *out = NULL;
+	const char *msg = NULL;
+	if (sl_convert_request(a, ctx, in, &out, &msg) != 0 || !out) {
+		exchange_fail(r, c, 400, NULL, msg ? msg : "The request cannot be converted", NULL);
+		return -1;
+	}
+	size_t n = sl_json_serialized_len(out);
+	void *block = sl_bufpool_get(&r->mem, n, out_cap);
+	if (!block) {
+		exchange_fail(r, c, 503, NULL, "The gateway is out of request memory; retry",
+		              "Retry-After: 1\r\n");
+		return -1;
+	}
+	*out_len = sl_json_write(out, block);
+	SL_ASSERT(*out_len == n);
+	*out_block = block;
+	c->cx.conv = ctx;
+	return 0;
+}
+
+/* count_tokens for a model no Anthropic upstream serves: counted here. */
+static void count_tokens_locally(struct sl_reactor *r, struct sl_conn *c, const char *body,
+                                 size_t body_len)
+{
+	sl_arena_release(&c->cx.arena);
+	sl_arena_init(&c->cx.arena, &r->mem, exchange_arena_limit(r, body_len));
+	struct sl_json *in = NULL;
+	struct sl_json_error jerr = { 0 };
+	if (sl_json_parse(&c->cx.arena, body, body_len, NULL, &in, &jerr) != 0) {
+		exchange_fail(r, c, 400, NULL, "The request body is not valid JSON", NULL);
+		return;
+	}
+	char out[64];
+	int n = snprintf(out, sizeof out, "{\"input_tokens\":%lld}",
+	                 (long long)sl_count_tokens_local(in));
+	respond_json(r, c, 200, NULL, out, (size_t)n);
+	if (!c->closing)
+		client_exchange_done(r, c);
+}
+
+/*
+ * exchange_begin routes a fully received request (head + body in c->in) to
+ * an upstream and queues the rewritten request on it: the client's body
+ * itself when the formats match (zero-copy), a converted body otherwise.
+ */
 static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 {
 	const struct sl_config *cfg = r->config;
@@ -906,17 +1066,17 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	SL_ASSERT(n == (ssize_t)c->cx.head_len);
 	const char *body = c->in + c->cx.head_len;
 	size_t body_len = (size_t)c->cx.body_len;
+	enum sl_route route = (enum sl_route)c->cx.route;
 
 	size_t ms, me;
 	bool escaped;
 	int rc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
 	if (rc != 0) {
-		respond_error(r, c, 400, NULL,
+		exchange_fail(r, c, 400, NULL,
 		              rc == -ENOENT   ? "you must provide a model parameter"
 		              : rc == -EINVAL ? "model: expected a string"
 		                              : "The request body is not a valid JSON object",
-		              NULL, false);
-		client_exchange_done(r, c);
+		              NULL);
 		return;
 	}
 	char name_buf[MODEL_NAME_MAX];
@@ -932,31 +1092,53 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		char msg[MODEL_NAME_MAX + 96];
 		snprintf(msg, sizeof msg, "The model '%.*s' does not exist or is not served here",
 		         (int)SL_MIN((size_t)SL_MAX(name_len, 0), (size_t)MODEL_NAME_MAX), name);
-		respond_error(r, c, 404, NULL, msg, NULL, false);
-		client_exchange_done(r, c);
+		exchange_fail(r, c, 404, NULL, msg, NULL);
 		return;
 	}
 	const struct sl_model_target *t = pick_target(model);
 	const struct sl_provider_config *p = &cfg->providers[t->provider];
-	if ((uint8_t)p->format != c->cx.format) {
-		respond_error(r, c, 501, NULL,
-		              c->cx.format == SL_FORMAT_ANTHROPIC
-		                      ? "This model is served in the OpenAI format; converting "
-		                        "Anthropic requests is not supported yet"
-		                      : "This model is served in the Anthropic format; converting "
-		                        "OpenAI requests is not supported yet",
-		              NULL, false);
-		client_exchange_done(r, c);
-		return;
+
+	/* Which path: pass-through, conversion, or answered here. */
+	bool convert;
+	switch (route) {
+	case SL_ROUTE_EMBEDDINGS:
+	case SL_ROUTE_IMAGES_GENERATIONS:
+		if (p->format != SL_FORMAT_OPENAI) {
+			char msg[MODEL_NAME_MAX + 96];
+			snprintf(msg, sizeof msg, "The model '%s' does not support this endpoint",
+			         model->id);
+			exchange_fail(r, c, 400, NULL, msg, NULL);
+			return;
+		}
+		convert = false;
+		break;
+	case SL_ROUTE_COUNT_TOKENS:
+		if (p->format != SL_FORMAT_ANTHROPIC) {
+			count_tokens_locally(r, c, body, body_len);
+			return;
+		}
+		convert = false;
+		break;
+	case SL_ROUTE_RESPONSES:
+		convert = true; /* served from chat or messages upstreams */
+		break;
+	default:
+		convert = (uint8_t)p->format != c->cx.format;
+		break;
 	}
 	if (p->tls) {
 		char msg[256];
 		snprintf(msg, sizeof msg, "provider %s: https upstreams are not supported yet",
 		         p->name);
-		respond_error(r, c, 502, "connection_error", msg, NULL, false);
-		client_exchange_done(r, c);
+		exchange_fail(r, c, 502, "connection_error", msg, NULL);
 		return;
 	}
+
+	void *conv_block = NULL;
+	size_t conv_cap = 0, conv_len = 0;
+	if (convert && convert_request(r, c, model, t, p, name, (size_t)name_len, body, body_len,
+	                               &conv_block, &conv_cap, &conv_len) != 0)
+		return;
 
 	/* the upstream request head */
 	size_t extra = 512 + strlen(p->base_path) + strlen(p->host);
@@ -967,20 +1149,29 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	size_t cap;
 	char *block = sl_bufpool_get(&r->mem, c->cx.head_len + extra, &cap);
 	if (!block) {
-		respond_error(r, c, 503, NULL, "The gateway is out of request memory; retry",
-		              "Retry-After: 1\r\n", false);
-		client_exchange_done(r, c);
+		sl_bufpool_put(&r->mem, conv_block, conv_cap);
+		exchange_fail(r, c, 503, NULL, "The gateway is out of request memory; retry",
+		              "Retry-After: 1\r\n");
 		return;
 	}
-	struct sl_route_match m;
-	sl_router_match(req.target, req.target_len, &m);
 	struct wbuf w = { block, 0, cap, false };
 	W_LIT(&w, "POST ");
 	w_str(&w, p->base_path);
-	if (p->format == SL_FORMAT_ANTHROPIC)
-		W_LIT(&w, "/v1");
-	w_mem(&w, m.suffix.ptr, m.suffix.len);
-	w_mem(&w, m.query.ptr, m.query.len);
+	if (convert) {
+		if (c->cx.conv->upstream_route == SL_ROUTE_MESSAGES)
+			W_LIT(&w, "/v1/messages");
+		else if (c->cx.conv->upstream_route == SL_ROUTE_COMPLETIONS)
+			W_LIT(&w, "/completions");
+		else
+			W_LIT(&w, "/chat/completions");
+	} else {
+		struct sl_route_match m;
+		sl_router_match(req.target, req.target_len, &m);
+		if (p->format == SL_FORMAT_ANTHROPIC)
+			W_LIT(&w, "/v1");
+		w_mem(&w, m.suffix.ptr, m.suffix.len);
+		w_mem(&w, m.query.ptr, m.query.len);
+	}
 	W_LIT(&w, " HTTP/1.1\r\nHost: ");
 	w_str(&w, p->host);
 	W_LIT(&w, "\r\n");
@@ -990,6 +1181,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	for (uint32_t i = 0; i < req.num_headers; i++) {
 		const struct sl_http_header *h = &req.headers[i];
 		if (is_hop_or_owned(h) || listed_in(h, tokens, num_tokens))
+			continue;
+		if (convert && skip_for_conversion(h, p->format))
 			continue;
 		if (h->name_len == 17 && sl_ascii_ieq(h->name, "anthropic-version", 17))
 			has_version = true;
@@ -1016,7 +1209,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	w_str(&w, c->cx.request_id);
 	size_t model_len = strlen(t->model);
 	W_LIT(&w, "\r\nContent-Length: ");
-	w_u64(&w, body_len - (me - ms) + model_len);
+	w_u64(&w, convert ? conv_len : body_len - (me - ms) + model_len);
 	W_LIT(&w, "\r\n\r\n");
 	SL_ASSERT(!w.overflow);
 
@@ -1026,24 +1219,245 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		u = upstream_connect(r, t->provider, &err);
 		if (!u) {
 			sl_bufpool_put(&r->mem, block, cap);
+			sl_bufpool_put(&r->mem, conv_block, conv_cap);
 			char msg[256];
 			snprintf(msg, sizeof msg, "provider %s: cannot open a connection: %s", p->name,
 			         strerror(err));
-			respond_error(r, c, 502, "connection_error", msg, NULL, false);
-			client_exchange_done(r, c);
+			exchange_fail(r, c, 502, "connection_error", msg, NULL);
 			return;
 		}
 	}
 	c->peer = u;
 	u->peer = c;
+	/* a fresh or pooled upstream has an empty queue: these pushes fit */
 	bool ok = push_pool_block(u, block, cap, w.len);
-	if (!ok)
-		sl_bufpool_put(&r->mem, block, cap);
-	ok = ok && push_static(u, body, ms) && push_static(u, t->model, model_len) &&
-	     push_static(u, body + me, body_len - me);
-	SL_ASSERT(ok); /* a fresh or pooled upstream has an empty queue */
+	SL_ASSERT(ok);
+	if (convert) {
+		ok = push_pool_block(u, conv_block, conv_cap, conv_len);
+	} else {
+		ok = push_static(u, body, ms) && push_static(u, t->model, model_len) &&
+		     push_static(u, body + me, body_len - me);
+	}
+	SL_ASSERT(ok);
 	if (u->state != SL_UP_CONNECTING)
 		upstream_send_request(r, u);
+}
+
+/* --- converted responses ------------------------------------------------------------ */
+
+/* Frames out's bytes (after its 10-byte placeholder) as one chunk, or as raw
+ * bytes for an HTTP/1.0 client, and queues them. terminal appends the last
+ * chunk. Releases out. */
+static void push_converted(struct sl_reactor *r, struct sl_conn *c, struct sl_buf *out,
+                           bool terminal)
+{
+	static const char hex[] = "0123456789abcdef";
+	if (out->failed) {
+		sl_buf_release(out);
+		c->keep_alive = false;
+		c->close_after_flush = true;
+		return;
+	}
+	size_t data_len = out->len >= 10 ? out->len - 10 : 0;
+	if (!c->cx.http10) {
+		if (data_len)
+			SL_BUF_LIT(out, "\r\n");
+		if (terminal)
+			SL_BUF_LIT(out, "0\r\n\r\n");
+	}
+	if (out->failed || (!data_len && !terminal)) {
+		sl_buf_release(out);
+		return;
+	}
+	size_t start = 10;
+	if (!c->cx.http10 && data_len) {
+		for (int k = 0; k < 8; k++)
+			out->p[7 - k] = hex[(data_len >> (4 * k)) & 15];
+		start = 0; /* "0000002a\r\n" is a valid chunk-size line */
+	}
+	if (out->len == start) {
+		sl_buf_release(out);
+		return;
+	}
+	/* Behind a full queue (the upstream's pause still in flight), output
+	 * waits in one pending buffer, in order. */
+	if (c->cx.pending.len || c->sq.num >= SL_SENDQ_CAP - 4) {
+		if (!c->cx.pending.pool)
+			sl_buf_init(&c->cx.pending, &r->mem, (size_t)16 << 20);
+		if (!sl_buf_append(&c->cx.pending, out->p + start, out->len - start)) {
+			c->keep_alive = false;
+			c->close_after_flush = true;
+		}
+		sl_buf_release(out);
+		return;
+	}
+	size_t len, cap;
+	char *block = sl_buf_take(out, &len, &cap);
+	struct sl_send_entry e = {
+		.ptr = block + start,
+		.len = (uint32_t)(len - start),
+		.owner = SL_OWN_POOL,
+		.block_class = (uint8_t)sl_bufpool_class(cap),
+		.block = block,
+	};
+	bool ok = sl_conn_send_push(c, &e);
+	SL_ASSERT(ok); /* room was checked above */
+}
+
+/* Queues the pending converted output once the send queue has room. */
+static void pending_drain(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->cx.pending.len || c->sq.num >= SL_SENDQ_CAP - 4)
+		return;
+	size_t len, cap;
+	char *block = sl_buf_take(&c->cx.pending, &len, &cap);
+	struct sl_send_entry e = {
+		.ptr = block,
+		.len = (uint32_t)len,
+		.owner = SL_OWN_POOL,
+		.block_class = (uint8_t)sl_bufpool_class(cap),
+		.block = block,
+	};
+	bool ok = sl_conn_send_push(c, &e);
+	SL_ASSERT(ok);
+	sl_conn_send_flush(r, c);
+}
+
+static void converted_buf_init(struct sl_reactor *r, struct sl_buf *out)
+{
+	sl_buf_init(out, &r->mem, 0);
+	SL_BUF_LIT(out, "00000000\r\n"); /* placeholder for the chunk-size line */
+}
+
+/* Ends a converted stream: closing events (or an error event), last chunk. */
+static void converted_stream_end(struct sl_reactor *r, struct sl_conn *c, bool ok,
+                                 const char *message)
+{
+	struct sl_buf out;
+	converted_buf_init(r, &out);
+	sl_transcoder_finish(c->cx.tc, ok, message, &out);
+	push_converted(r, c, &out, true);
+	c->cx.tc = NULL;
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+}
+
+/* Starts the client's response of a converted exchange. */
+static bool convert_response_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
+                                  const struct sl_http_response *resp)
+{
+	u->ux.status = resp->status;
+	u->ux.dechunk = resp->framing == SL_BODY_CHUNKED;
+	const struct sl_http_header *ra =
+	        sl_http_find_header(resp->headers, resp->num_headers, "retry-after", 11);
+	if (ra && ra->value_len < sizeof u->ux.retry_after) {
+		memcpy(u->ux.retry_after, ra->value, ra->value_len);
+		u->ux.retry_after[ra->value_len] = '\0';
+	}
+	const struct sl_http_header *ct =
+	        sl_http_find_header(resp->headers, resp->num_headers, "content-type", 12);
+	bool sse = ct && ct->value_len >= 17 && sl_ascii_ieq(ct->value, "text/event-stream", 17);
+	if (resp->status < 200 || resp->status > 299 || !c->cx.conv->stream || !sse) {
+		u->ux.convert_mode = SL_CONVERT_BUFFER;
+		sl_buf_init(&u->ux.body, &r->mem, r->config->limits.body_bytes_max);
+		return true;
+	}
+	u->ux.convert_mode = SL_CONVERT_STREAM;
+	c->cx.tc = sl_transcoder_create(&c->cx.arena, &r->mem, c->cx.conv);
+	if (!c->cx.tc)
+		return false;
+	size_t cap;
+	char *block = sl_bufpool_get(&r->mem, 256, &cap);
+	if (!block)
+		return false;
+	struct wbuf w = { block, 0, cap, false };
+	W_LIT(&w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+	          "Cache-Control: no-cache\r\nx-request-id: ");
+	w_str(&w, c->cx.request_id);
+	if (c->cx.http10) {
+		c->keep_alive = false;
+		W_LIT(&w, "\r\nConnection: close\r\n\r\n");
+	} else {
+		W_LIT(&w, "\r\nTransfer-Encoding: chunked\r\n");
+		if (!c->keep_alive)
+			W_LIT(&w, "Connection: close\r\n");
+		W_LIT(&w, "\r\n");
+	}
+	SL_ASSERT(!w.overflow);
+	if (!push_pool_block(c, block, cap, w.len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		return false;
+	}
+	c->cx.response_started = true;
+	return true;
+}
+
+/* Body bytes of a converted response (already de-chunked). Returns false
+ * when the exchange failed and was ended here. */
+static bool convert_response_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
+                                  const char *data, size_t len)
+{
+	if (u->ux.convert_mode == SL_CONVERT_BUFFER) {
+		if (!sl_buf_append(&u->ux.body, data, len)) {
+			u->ux.resp_keep_alive = false;
+			upstream_fail(r, u, 502, "upstream_error",
+			              "the provider's response is too large to convert");
+			return false;
+		}
+		return true;
+	}
+	struct sl_buf out;
+	converted_buf_init(r, &out);
+	if (sl_transcoder_feed(c->cx.tc, data, len, &out) != 0) {
+		push_converted(r, c, &out, false);
+		u->ux.resp_keep_alive = false;
+		upstream_fail(r, u, 502, "upstream_error", "the provider sent a malformed stream");
+		return false;
+	}
+	push_converted(r, c, &out, false);
+	return true;
+}
+
+/* The upstream response of a converted exchange is complete. */
+static void convert_response_end(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c)
+{
+	if (u->ux.convert_mode == SL_CONVERT_STREAM) {
+		converted_stream_end(r, c, true, NULL);
+		return;
+	}
+	struct sl_arena *a = &c->cx.arena;
+	const char *text = u->ux.body.p ? u->ux.body.p : "";
+	size_t text_len = u->ux.body.len;
+	unsigned status = u->ux.status;
+	char extra[48] = "";
+	if (u->ux.retry_after[0])
+		snprintf(extra, sizeof extra, "Retry-After: %s\r\n", u->ux.retry_after);
+	if (status >= 200 && status <= 299) {
+		struct sl_json *in = NULL, *out = NULL;
+		struct sl_json_error jerr = { 0 };
+		const char *msg = NULL;
+		if (sl_json_parse(a, text, text_len, NULL, &in, &jerr) != 0 ||
+		    sl_convert_response(a, c->cx.conv, in, &out, &msg) != 0 || !out) {
+			char m[200];
+			snprintf(m, sizeof m, "the provider's response cannot be converted: %s",
+			         msg ? msg : jerr.message ? jerr.message : "invalid");
+			respond_error(r, c, 502, "upstream_error", m, NULL, false);
+			return;
+		}
+		size_t n = sl_json_serialized_len(out);
+		char *body = sl_arena_alloc(a, n + 1);
+		if (!body) {
+			respond_error(r, c, 503, NULL, "The gateway is out of response memory; retry",
+			              "Retry-After: 1\r\n", false);
+			return;
+		}
+		sl_json_write(out, body);
+		respond_json(r, c, status, NULL, body, n);
+		return;
+	}
+	size_t n = 0;
+	const char *body = sl_convert_error(a, c->cx.conv, status, text, text_len, &n);
+	respond_json(r, c, status, extra[0] ? extra : NULL, body, n);
 }
 
 /* Queues data (owned as described by tmpl) for the client and tracks the
@@ -1089,6 +1503,16 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	if (take < len)
 		u->ux.resp_keep_alive = false; /* bytes after the response: not reusable */
 	bool kept = false;
+	if (u->ux.convert_mode != SL_CONVERT_NONE) {
+		/* converted: the bytes are read here, never relayed as they are */
+		if (take > 0 && !convert_response_body(r, u, c, data, take))
+			return false;
+		take = 0;
+		if ((c->sq.num >= relay_pause_at(r) || c->cx.pending.len) && !done) {
+			sl_conn_recv_pause(r, u);
+			sl_timer_cancel(&u->timer);
+		}
+	}
 	if (take > 0) {
 		if (tmpl->owner == SL_OWN_RING) {
 			sl_conn_send_push_ring(r, c, tmpl->bid, data, take);
@@ -1115,6 +1539,8 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 			sl_timer_cancel(&u->timer); /* a stall is the client's, not upstream's */
 		}
 	}
+	if (done && u->ux.convert_mode != SL_CONVERT_NONE)
+		convert_response_end(r, u, c);
 	sl_conn_send_flush(r, c);
 	client_send_timer(r, c);
 	if (done) {
@@ -1264,7 +1690,7 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		upstream_fail(r, u, 502, "upstream_error", msg);
 		return false;
 	}
-	if (!relay_head(r, u, c, &resp)) {
+	if (!(c->cx.conv ? convert_response_head(r, u, c, &resp) : relay_head(r, u, c, &resp))) {
 		upstream_fail(r, u, 503, NULL, "The gateway is out of response memory; retry");
 		return false;
 	}
@@ -1305,6 +1731,7 @@ static void upstream_release_to_pool(struct sl_reactor *r, struct sl_conn *u)
 	sl_bufpool_put(&r->mem, u->in, u->in_cap);
 	u->in = NULL;
 	u->in_len = u->in_cap = 0;
+	sl_buf_release(&u->ux.body);
 	memset(&u->ux, 0, offsetof(typeof(u->ux), pinned));
 	u->ux.provider = (uint32_t)(pool - r->upstreams);
 	u->state = SL_UP_POOLED;
@@ -1417,13 +1844,15 @@ void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->kind != SL_CONN_CLIENT)
 		return;
+	pending_drain(r, c);
 	client_send_timer(r, c);
 	struct sl_conn *u = c->peer;
-	if (u && u->recv_paused && c->ovf_num == 0 && c->sq.num <= relay_pause_at(r) / 2) {
+	if (u && u->recv_paused && c->ovf_num == 0 && !c->cx.pending.len &&
+	    c->sq.num <= relay_pause_at(r) / 2) {
 		sl_conn_recv_resume(r, u);
 		sl_timer_arm(r, &u->timer, &r->upstreams[u->ux.provider].idle_q);
 	}
-	if (c->sq.num || c->send_busy || c->ovf_num)
+	if (c->sq.num || c->send_busy || c->ovf_num || c->cx.pending.len)
 		return;
 	if (c->close_after_flush && c->state != SL_CLIENT_EXCHANGE) {
 		sl_conn_close(r, c);
@@ -1502,12 +1931,17 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 		if (c->state == SL_CLIENT_EXCHANGE)
 			r->num_exchanges--;
 		r->num_clients--;
+		sl_arena_release(&c->cx.arena);
+		sl_buf_release(&c->cx.pending);
+		c->cx.tc = NULL;
+		c->cx.conv = NULL;
 		if (c->peer) {
 			struct sl_conn *u = c->peer;
 			unpair(c, u);
 			sl_conn_close(r, u);
 		}
 	} else {
+		sl_buf_release(&c->ux.body);
 		if (c->state == SL_UP_POOLED)
 			pool_unlink(r, c); /* idempotent */
 		if (c->peer) {

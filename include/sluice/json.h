@@ -89,7 +89,10 @@ struct sl_json *sl_json_number_text(struct sl_arena *a, const char *text, size_t
  * tree (a literal, or arena memory). Both take validated UTF-8. */
 struct sl_json *sl_json_str(struct sl_arena *a, const char *s, size_t len);
 struct sl_json *sl_json_str_ref(struct sl_arena *a, const char *s, size_t len);
+/* sl_json_raw copies json_text (which must be one valid JSON value: it is
+ * written verbatim); sl_json_raw_ref points at it, which must outlive the tree. */
 struct sl_json *sl_json_raw(struct sl_arena *a, const char *json_text, size_t len);
+struct sl_json *sl_json_raw_ref(struct sl_arena *a, const char *json_text, size_t len);
 struct sl_json *sl_json_array(struct sl_arena *a);
 struct sl_json *sl_json_object(struct sl_arena *a);
 /* Append; return false (and set a->failed) when the arena is exhausted.

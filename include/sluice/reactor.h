@@ -22,6 +22,11 @@
 #include "sluice/http1.h"
 #include "sluice/pool.h"
 #include "sluice/router.h"
+#include "sluice/arena.h"
+#include "sluice/buf.h"
+
+struct sl_convert_ctx;
+struct sl_transcoder;
 
 #include <ck_ring.h>
 #include <liburing.h>
@@ -105,6 +110,12 @@ enum sl_upstream_state {
 	SL_UP_POOLED,    /* idle in the keep-alive pool */
 };
 
+enum sl_convert_mode {
+	SL_CONVERT_NONE = 0, /* bytes relayed as they are */
+	SL_CONVERT_STREAM,   /* SSE transcoded event by event */
+	SL_CONVERT_BUFFER,   /* body collected, converted at its end */
+};
+
 struct sl_reactor;
 
 struct sl_conn {
@@ -169,6 +180,11 @@ struct sl_conn {
 		bool response_done;
 		bool retried;               /* a stale pooled connection was replaced */
 		bool http10;                /* HTTP/1.0 client: no chunked responses */
+		/* format conversion (NULL conv: zero-copy pass-through) */
+		struct sl_convert_ctx *conv;
+		struct sl_transcoder *tc;
+		struct sl_arena arena;      /* the exchange's trees; released at its end */
+		struct sl_buf pending;      /* converted output waiting for queue room */
 		struct sl_chunked chunked;
 		uint64_t started_ms;
 		char request_id[28];
@@ -181,7 +197,11 @@ struct sl_conn {
 		bool reused;           /* taken from the pool: may have gone stale */
 		bool resp_keep_alive;
 		bool is_sse;
-		bool dechunk;          /* HTTP/1.0 client: decode chunks in place */
+		bool dechunk;          /* decode chunks in place (HTTP/1.0 client, conversion) */
+		uint8_t convert_mode;  /* SL_CONVERT_* */
+		uint16_t status;       /* response status (conversion) */
+		char retry_after[16];  /* upstream Retry-After, kept for a converted error */
+		struct sl_buf body;    /* SL_CONVERT_BUFFER: the whole upstream body */
 		char tail[4];          /* last bytes relayed: "\n\n\r\n" = event boundary */
 		uint64_t body_left;    /* SL_BODY_LENGTH */
 		struct sl_chunked chunked;

@@ -253,11 +253,34 @@ def upstream_anthropic_status_relayed(e):
 
 
 @test
-def format_mismatch_is_501(e):
+def cross_format_requests_are_converted(e):
+    # An Anthropic client asking for an OpenAI-format model: the provider gets
+    # a chat completion request, the client an Anthropic message.
     r = e.request("POST", "/v1/messages", messages_body("gpt-4o-mini"), XKEY)
-    expect_error(r, 501, "not_implemented", shape="anthropic")
+    expect_status(r, 200)
+    j = r.json()
+    expect(j.get("type") == "message" and j.get("role") == "assistant", f"{j!r}"[:300])
+    expect(j.get("model") == "gpt-4o-mini", f"model echoed as asked: {j.get('model')!r}")
+    expect(j.get("stop_reason") == "end_turn", f"stop_reason {j.get('stop_reason')!r}")
+    expect(j["usage"]["input_tokens"] > 0 and j["usage"]["output_tokens"] > 0, f"usage {j.get('usage')}")
+    lr = e.last_request()
+    expect(lr.get("path") == "/v1/chat/completions", f"upstream path {lr.get('path')}")
+    h = header_map(lr["headers"])
+    expect(h.get("authorization") == [f"Bearer {OPENAI_KEY}"], "provider key")
+    expect("anthropic-version" not in h, "anthropic headers not sent to an OpenAI provider")
+    up = json.loads(lr["body"])
+    expect(up.get("model") == OPENAI_UPSTREAM_MODEL and "messages" in up, f"upstream body {up!r}"[:300])
+    # And the other way round.
     r = e.request("POST", "/v1/chat/completions", chat_body("claude-sonnet-4-5"), AUTH)
-    expect_error(r, 501, "not_implemented", shape="openai")
+    expect_status(r, 200)
+    j = r.json()
+    expect(j.get("object") == "chat.completion", f"{j!r}"[:300])
+    expect(j["choices"][0]["finish_reason"] == "stop", f"finish_reason {j['choices'][0]}")
+    lr = e.last_request()
+    expect(lr.get("path") == "/v1/messages", f"upstream path {lr.get('path')}")
+    up = json.loads(lr["body"])
+    expect(up.get("model") == ANTHROPIC_UPSTREAM_MODEL and up.get("max_tokens", 0) > 0,
+           f"upstream body needs model and max_tokens: {up!r}"[:300])
 
 
 if __name__ == "__main__":
