@@ -1008,6 +1008,8 @@ static int convert_request(struct sl_reactor *r, struct sl_conn *c,
 		.request_id = c->cx.request_id,
 		.created_s = (int64_t)time(NULL),
 	};
+	if (ctx->route == SL_ROUTE_MESSAGES && p->format == SL_FORMAT_OPENAI)
+		ctx->estimated_input_tokens = sl_count_tokens_local(in);
 	struct sl_json *out = NULL;
 	const char *msg = NULL;
 	if (sl_convert_request(a, ctx, in, &out, &msg) != 0 || !out) {

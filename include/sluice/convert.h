@@ -30,6 +30,9 @@ struct sl_convert_ctx {
 	uint32_t default_max_tokens;     /* Anthropic upstream, when the client gives none */
 	const char *request_id;          /* for generated ids */
 	int64_t created_s;               /* unix time for "created" fields */
+	int64_t estimated_input_tokens;  /* local count of the client's request (0: none):
+	                                    what an Anthropic message_start reports
+	                                    before an OpenAI upstream's usage arrives */
 
 	/* out, set by sl_convert_request */
 	enum sl_route upstream_route;    /* SL_ROUTE_CHAT_COMPLETIONS or SL_ROUTE_MESSAGES, ... */
