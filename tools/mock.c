@@ -50,9 +50,16 @@
 #define OUT_BYTES_INITIAL 16384
 #define OUT_BYTES_SHRINK 1048576
 #define OUT_PENDING_MAX 262144 /* a stream waits for EPOLLOUT beyond this */
-#define STATS_BODY_BYTES 4096
+#define STATS_BODY_BYTES 65536
 #define MODEL_BYTES_MAX 256
 #define TOOL_NAME_BYTES_MAX 128
+#define TOOL_NAMES_BYTES 512 /* the names of the first TOOLS_MAX tools */
+#define TOOLS_MAX 16
+#define CALLS_MAX 64 /* x-mock-parallel-tools */
+#define STOP_RAW_BYTES 64
+#define THINK_STEPS 5 /* thinking deltas: "Let me think about this." */
+#define SIGNATURE_BYTES 72 /* a thinking signature: 96 base64 characters */
+#define CACHE_TOKENS_MAX 1000000000
 #define MSG_BYTES_MAX 320
 #define TOKENS_DEFAULT 8
 #define TOKENS_MAX 10000000
@@ -69,6 +76,7 @@
 
 _Static_assert(HEAD_BYTES_MAX < IN_BYTES_INITIAL * 8, "a head fits after a few doublings");
 _Static_assert((EMBED_TABLE_LEN & (EMBED_TABLE_LEN - 1)) == 0, "table index is a mask");
+_Static_assert(TOOL_NAME_BYTES_MAX <= TOOL_NAMES_BYTES, "the first tool's name always fits");
 
 /* --- small growable byte buffer ---------------------------------------------- */
 
@@ -446,6 +454,19 @@ struct job {
 	bool json_bad;
 	bool head_only; /* HEAD: the head of the answer, no body */
 	bool delay_elapsed;
+	bool thinking;     /* a thinking block / reasoning_content comes first */
+	bool think_body;   /* the body asks for thinking / reasoning */
+	uint8_t think_hdr; /* x-mock-thinking: 0 absent, 1 off, 2 on */
+	bool text_before;  /* x-mock-text-before-tools */
+	bool tools_seq;    /* x-mock-tool-order: sequential */
+	bool has_text;     /* the answer has text content */
+	bool rich;         /* thinking, parallel calls or text + calls: the general generator */
+	bool stop_hit;     /* a stop sequence ended the text */
+	uint8_t ntools;    /* tool names collected in tool_names */
+	uint8_t stop_idx;  /* 1 + the first word index a stop sequence matches; 0: none */
+	uint8_t stop_len;
+	uint16_t parallel; /* x-mock-parallel-tools */
+	uint16_t ncalls;   /* tool calls of the answer */
 	uint16_t err_status;  /* route error answered instead of the endpoint */
 	uint16_t mock_status; /* x-mock-status >= 400 */
 	const char *err_type;
@@ -460,17 +481,22 @@ struct job {
 	uint64_t out_tokens; /* content deltas of the answer */
 	uint64_t pad_words;  /* extra words for x-mock-response-bytes */
 	uint64_t emitted;    /* content deltas sent so far (streams) */
+	uint64_t steps;      /* content deltas of a stream (all kinds) */
+	uint64_t usage_out;  /* output tokens reported */
+	uint64_t cache_read;
+	uint64_t cache_write;
 	uint64_t input_tokens;
 	uint64_t embed_inputs;
 	uint64_t embed_dims;
 	uint64_t id;
 	uint64_t created;
 	uint16_t model_len;
-	uint16_t tool_name_len;
 	uint16_t msg_len;
-	char model[MODEL_BYTES_MAX];         /* raw JSON string content */
-	char tool_name[TOOL_NAME_BYTES_MAX]; /* raw JSON string content */
-	char msg[MSG_BYTES_MAX];             /* unescaped error message */
+	char model[MODEL_BYTES_MAX];       /* raw JSON string content */
+	char msg[MSG_BYTES_MAX];           /* unescaped error message */
+	char stop_raw[STOP_RAW_BYTES];     /* the matching stop sequence, raw */
+	uint16_t tool_off[TOOLS_MAX + 1];  /* name i: tool_names[tool_off[i]..tool_off[i+1]) */
+	char tool_names[TOOL_NAMES_BYTES]; /* raw JSON string contents */
 };
 
 struct worker;
@@ -954,9 +980,23 @@ static void put_words(struct buf *b, uint64_t from, uint64_t to)
 	}
 }
 
-/* Tool arguments are {"text":"<words>"}; escaped: inside a JSON string. */
-static void put_tool_args(struct buf *b, const struct job *j, uint64_t from, uint64_t to,
-                          uint64_t total, bool escaped)
+static const struct word g_think_words[THINK_STEPS] = {
+	WORD("Let"), WORD(" me"), WORD(" think"), WORD(" about"), WORD(" this."),
+};
+
+static void put_think_words(struct buf *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t i = from; i < to; i++)
+		put(b, g_think_words[i].s, g_think_words[i].len);
+}
+
+/* The arguments of tool call k are {"text":"<total words from word k on>"}:
+ * call 0 has the answer's words, every further call's start one word later,
+ * so no two calls have the same fragment at the same position. from..to:
+ * the fragment (one word each; the first opens the object, the last closes
+ * it unless the answer was length-capped). escaped: inside a JSON string. */
+static void put_call_args(struct buf *b, const struct job *j, uint64_t k, uint64_t from,
+                          uint64_t to, uint64_t total, bool escaped)
 {
 	if (from == 0) {
 		if (escaped)
@@ -964,7 +1004,7 @@ static void put_tool_args(struct buf *b, const struct job *j, uint64_t from, uin
 		else
 			PUT_LIT(b, "{\"text\":\"");
 	}
-	put_words(b, from, to);
+	put_words(b, k + from, k + to);
 	if (to == total && !j->capped) {
 		if (escaped)
 			PUT_LIT(b, "\\\"}");
@@ -973,27 +1013,183 @@ static void put_tool_args(struct buf *b, const struct job *j, uint64_t from, uin
 	}
 }
 
+/* Tool call k calls tool k of the request (cycling when it has fewer). */
+static void put_tool_name(struct buf *b, const struct job *j, uint64_t k)
+{
+	size_t i = (size_t)(k % j->ntools);
+	put(b, j->tool_names + j->tool_off[i], (size_t)(j->tool_off[i + 1] - j->tool_off[i]));
+}
+
+/* The id of tool call k after its prefix: the answer's id, "_k" for k > 0. */
+static void put_call_id(struct buf *b, const struct job *j, uint64_t k)
+{
+	put_hex(b, j->id);
+	if (k) {
+		put_ch(b, '_');
+		put_u64(b, k);
+	}
+}
+
+static void put_b64(struct buf *b, const unsigned char *s, size_t len);
+
+/* A thinking block's signature: base64 of SIGNATURE_BYTES derived from the
+ * answer's id (opaque, like the real ones; different for every answer). */
+static void put_signature(struct buf *b, const struct job *j)
+{
+	unsigned char raw[SIGNATURE_BYTES];
+	uint64_t x = j->id ^ 0x5369676e61747572ull;
+	for (size_t i = 0; i < sizeof(raw); i += 8) {
+		uint64_t z = (x += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		z ^= z >> 31;
+		memcpy(raw + i, &z, 8);
+	}
+	put_b64(b, raw, sizeof(raw));
+}
+
 static const char *finish_reason(const struct job *j)
 {
 	if (j->fmt == FMT_ANTHROPIC)
-		return j->capped ? "max_tokens" : j->tool ? "tool_use" : "end_turn";
+		return j->capped ? "max_tokens" : j->stop_hit ? "stop_sequence" : j->tool ? "tool_use" : "end_turn";
 	return j->capped ? "length" : j->tool ? "tool_calls" : "stop";
+}
+
+/* usage_of returns the output tokens of an answer whose text and tool calls
+ * have n words each: one per delta (thinking deltas included). */
+static inline uint64_t usage_of(const struct job *j, uint64_t n)
+{
+	return (j->thinking ? THINK_STEPS : 0) + (j->has_text ? n : 0) + j->ncalls * n;
 }
 
 static void put_openai_usage(struct buf *b, const struct job *j, uint64_t out_tokens)
 {
+	/* cached tokens are part of the prompt tokens (chat only) */
+	uint64_t prompt = j->input_tokens + (j->ep == EP_CHAT ? j->cache_read : 0);
 	PUT_LIT(b, "{\"prompt_tokens\":");
-	put_u64(b, j->input_tokens);
+	put_u64(b, prompt);
 	PUT_LIT(b, ",\"completion_tokens\":");
 	put_u64(b, out_tokens);
 	PUT_LIT(b, ",\"total_tokens\":");
-	put_u64(b, j->input_tokens + out_tokens);
-	if (j->ep == EP_CHAT)
+	put_u64(b, prompt + out_tokens);
+	if (j->ep != EP_CHAT) {
+		put_ch(b, '}');
+	} else if (!j->cache_read && !j->thinking) {
 		PUT_LIT(b, ",\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
 		           "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
 		           "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}");
-	else
+	} else {
+		PUT_LIT(b, ",\"prompt_tokens_details\":{\"cached_tokens\":");
+		put_u64(b, j->cache_read);
+		PUT_LIT(b, ",\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":");
+		put_u64(b, j->thinking ? THINK_STEPS : 0);
+		PUT_LIT(b, ",\"audio_tokens\":0,\"accepted_prediction_tokens\":0,"
+		           "\"rejected_prediction_tokens\":0}}");
+	}
+}
+
+/* The cache counts of an Anthropic usage object, up to "output_tokens": */
+static inline void put_anthropic_cache(struct buf *b, const struct job *j)
+{
+	if (!j->cache_write && !j->cache_read) {
+		PUT_LIT(b, ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,"
+		           "\"output_tokens\":");
+		return;
+	}
+	PUT_LIT(b, ",\"cache_creation_input_tokens\":");
+	put_u64(b, j->cache_write);
+	PUT_LIT(b, ",\"cache_read_input_tokens\":");
+	put_u64(b, j->cache_read);
+	PUT_LIT(b, ",\"output_tokens\":");
+}
+
+/* Anthropic stop_sequence: the request's stop sequence that ended the text. */
+static inline void put_stop_sequence(struct buf *b, const struct job *j)
+{
+	if (j->stop_hit) {
+		put_ch(b, '"');
+		put(b, j->stop_raw, j->stop_len);
+		put_ch(b, '"');
+	} else {
+		PUT_LIT(b, "null");
+	}
+}
+
+/* put_rich_content writes the content blocks of a rich Anthropic answer:
+ * thinking, text, tool calls (each as asked). */
+static void put_rich_content(struct buf *b, const struct job *j, uint64_t n)
+{
+	bool first = true;
+	if (j->thinking) {
+		PUT_LIT(b, "{\"type\":\"thinking\",\"thinking\":\"");
+		put_think_words(b, 0, THINK_STEPS);
+		PUT_LIT(b, "\",\"signature\":\"");
+		put_signature(b, j);
+		PUT_LIT(b, "\"}");
+		first = false;
+	}
+	if (j->has_text) {
+		if (!first)
+			put_ch(b, ',');
+		PUT_LIT(b, "{\"type\":\"text\",\"text\":\"");
+		put_words(b, 0, n);
+		PUT_LIT(b, "\"}");
+		first = false;
+	}
+	for (uint64_t k = 0; k < j->ncalls; k++) {
+		if (!first)
+			put_ch(b, ',');
+		first = false;
+		PUT_LIT(b, "{\"type\":\"tool_use\",\"id\":\"toolu_");
+		put_call_id(b, j, k);
+		PUT_LIT(b, "\",\"name\":\"");
+		put_tool_name(b, j, k);
+		PUT_LIT(b, "\",\"input\":");
+		if (n == 0) {
+			PUT_LIT(b, "{}");
+		} else {
+			PUT_LIT(b, "{\"text\":\"");
+			put_words(b, k, k + n);
+			PUT_LIT(b, "\"}");
+		}
 		put_ch(b, '}');
+	}
+}
+
+/* put_rich_message writes the message members of a rich OpenAI answer
+ * after "role": reasoning_content, content, tool_calls (each as asked). */
+static void put_rich_message(struct buf *b, const struct job *j, uint64_t n)
+{
+	if (j->thinking) {
+		PUT_LIT(b, "\"reasoning_content\":\"");
+		put_think_words(b, 0, THINK_STEPS);
+		PUT_LIT(b, "\",");
+	}
+	if (j->has_text) {
+		PUT_LIT(b, "\"content\":\"");
+		put_words(b, 0, n);
+		PUT_LIT(b, "\",");
+	} else {
+		PUT_LIT(b, "\"content\":null,");
+	}
+	if (!j->ncalls)
+		return;
+	PUT_LIT(b, "\"tool_calls\":[");
+	for (uint64_t k = 0; k < j->ncalls; k++) {
+		if (k)
+			put_ch(b, ',');
+		PUT_LIT(b, "{\"id\":\"call_");
+		put_call_id(b, j, k);
+		PUT_LIT(b, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		put_tool_name(b, j, k);
+		PUT_LIT(b, "\",\"arguments\":\"");
+		if (n == 0)
+			PUT_LIT(b, "{}");
+		else
+			put_call_args(b, j, k, 0, n, n, true);
+		PUT_LIT(b, "\"}}");
+	}
+	PUT_LIT(b, "],");
 }
 
 static void put_model(struct buf *b, const struct job *j)
@@ -1011,11 +1207,15 @@ static void body_generation(struct buf *b, const struct job *j, uint64_t n)
 		put_hex(b, j->id);
 		PUT_LIT(b, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"");
 		put_model(b, j);
-		if (j->tool) {
+		if (j->rich) {
+			PUT_LIT(b, "\",\"content\":[");
+			put_rich_content(b, j, n);
+			put_ch(b, ']');
+		} else if (j->tool) {
 			PUT_LIT(b, "\",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_");
 			put_hex(b, j->id);
 			PUT_LIT(b, "\",\"name\":\"");
-			put(b, j->tool_name, j->tool_name_len);
+			put_tool_name(b, j, 0);
 			PUT_LIT(b, "\",\"input\":");
 			if (n == 0)
 				PUT_LIT(b, "{}");
@@ -1033,11 +1233,12 @@ static void body_generation(struct buf *b, const struct job *j, uint64_t n)
 		}
 		PUT_LIT(b, ",\"stop_reason\":\"");
 		put_cstr(b, finish_reason(j));
-		PUT_LIT(b, "\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":");
+		PUT_LIT(b, "\",\"stop_sequence\":");
+		put_stop_sequence(b, j);
+		PUT_LIT(b, ",\"usage\":{\"input_tokens\":");
 		put_u64(b, j->input_tokens);
-		PUT_LIT(b, ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,"
-		           "\"output_tokens\":");
-		put_u64(b, n);
+		put_anthropic_cache(b, j);
+		put_u64(b, usage_of(j, n));
 		PUT_LIT(b, "}}");
 		return;
 	}
@@ -1053,7 +1254,7 @@ static void body_generation(struct buf *b, const struct job *j, uint64_t n)
 		PUT_LIT(b, "\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
 		put_cstr(b, finish_reason(j));
 		PUT_LIT(b, "\"}],\"usage\":");
-		put_openai_usage(b, j, n);
+		put_openai_usage(b, j, usage_of(j, n));
 		put_ch(b, '}');
 		return;
 	}
@@ -1064,16 +1265,18 @@ static void body_generation(struct buf *b, const struct job *j, uint64_t n)
 	PUT_LIT(b, ",\"model\":\"");
 	put_model(b, j);
 	PUT_LIT(b, "\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",");
-	if (j->tool) {
+	if (j->rich) {
+		put_rich_message(b, j, n);
+	} else if (j->tool) {
 		PUT_LIT(b, "\"content\":null,\"tool_calls\":[{\"id\":\"call_");
 		put_hex(b, j->id);
 		PUT_LIT(b, "\",\"type\":\"function\",\"function\":{\"name\":\"");
-		put(b, j->tool_name, j->tool_name_len);
+		put_tool_name(b, j, 0);
 		PUT_LIT(b, "\",\"arguments\":\"");
 		if (n == 0)
 			PUT_LIT(b, "{}");
 		else
-			put_tool_args(b, j, 0, n, n, true);
+			put_call_args(b, j, 0, 0, n, n, true);
 		PUT_LIT(b, "\"}}],");
 	} else {
 		PUT_LIT(b, "\"content\":\"");
@@ -1083,7 +1286,7 @@ static void body_generation(struct buf *b, const struct job *j, uint64_t n)
 	PUT_LIT(b, "\"refusal\":null,\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"");
 	put_cstr(b, finish_reason(j));
 	PUT_LIT(b, "\"}],\"usage\":");
-	put_openai_usage(b, j, n);
+	put_openai_usage(b, j, usage_of(j, n));
 	PUT_LIT(b, ",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\"}");
 }
 
@@ -1094,10 +1297,12 @@ static void respond_generation(struct conn *c)
 	uint64_t n = j->out_tokens;
 	body_generation(b, j, n);
 	if (j->response_bytes > b->len) {
-		/* pad the text with more words until the body is ~response_bytes */
+		/* pad the text with more words until the body is ~response_bytes
+		 * (each word goes into the text and every tool call) */
 		uint64_t want = j->response_bytes - b->len, got = 0;
+		uint64_t copies = SL_MAX((j->has_text ? 1u : 0u) + (uint64_t)j->ncalls, (uint64_t)1);
 		while (got < want)
-			got += word_at(n++)->len;
+			got += word_at(n++)->len * copies;
 		body_generation(b, j, n);
 	}
 	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
@@ -1262,6 +1467,197 @@ static void oa_chunk_close(struct conn *c)
 	ev_commit(c);
 }
 
+/* --- rich streams: thinking, parallel tool calls, text before tool calls --- */
+
+enum block_kind { BK_THINK, BK_TEXT, BK_TOOL };
+
+/* an_block_kind: what block b of a rich Anthropic answer holds: the
+ * thinking, the text, or tool call *call. */
+static enum block_kind an_block_kind(const struct job *j, uint64_t b, uint64_t *call)
+{
+	*call = 0;
+	if (j->thinking) {
+		if (b == 0)
+			return BK_THINK;
+		b--;
+	}
+	if (j->has_text) {
+		if (b == 0)
+			return BK_TEXT;
+		b--;
+	}
+	*call = b;
+	return BK_TOOL;
+}
+
+static uint64_t an_blocks(const struct job *j)
+{
+	return (j->thinking ? 1u : 0u) + (j->has_text ? 1u : 0u) + j->ncalls;
+}
+
+/* an_block_of returns the block of content delta s and, in *f, its
+ * position in the block: THINK_STEPS thinking deltas, then out_tokens per
+ * text or tool block. */
+static uint64_t an_block_of(const struct job *j, uint64_t s, uint64_t *f)
+{
+	uint64_t b = 0;
+	if (j->thinking) {
+		if (s < THINK_STEPS) {
+			*f = s;
+			return 0;
+		}
+		s -= THINK_STEPS;
+		b = 1;
+	}
+	SL_ASSERT(j->out_tokens > 0);
+	*f = s % j->out_tokens;
+	return b + s / j->out_tokens;
+}
+
+static void an_block_start(struct conn *c, uint64_t b)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	uint64_t k;
+	enum block_kind kind = an_block_kind(j, b, &k);
+	e->len = 0;
+	PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":");
+	put_u64(e, b);
+	if (kind == BK_THINK) {
+		PUT_LIT(e, ",\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n");
+	} else if (kind == BK_TEXT) {
+		PUT_LIT(e, ",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+	} else {
+		PUT_LIT(e, ",\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_");
+		put_call_id(e, j, k);
+		PUT_LIT(e, "\",\"name\":\"");
+		put_tool_name(e, j, k);
+		PUT_LIT(e, "\",\"input\":{}}}\n\n");
+	}
+	ev_commit(c);
+}
+
+/* an_block_stop ends block b; a thinking block gets its signature first. */
+static void an_block_stop(struct conn *c, uint64_t b)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	uint64_t k;
+	if (an_block_kind(j, b, &k) == BK_THINK) {
+		e->len = 0;
+		PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":");
+		put_u64(e, b);
+		PUT_LIT(e, ",\"delta\":{\"type\":\"signature_delta\",\"signature\":\"");
+		put_signature(e, j);
+		PUT_LIT(e, "\"}}\n\n");
+		ev_commit(c);
+	}
+	e->len = 0;
+	PUT_LIT(e, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":");
+	put_u64(e, b);
+	PUT_LIT(e, "}\n\n");
+	ev_commit(c);
+}
+
+/* an_rich_step sends content delta s of a rich Anthropic stream, after
+ * closing the previous block and opening the next when s starts one. */
+static void an_rich_step(struct conn *c, uint64_t s)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	uint64_t f, pf, k;
+	uint64_t b = an_block_of(j, s, &f);
+	if (s > 0) {
+		uint64_t pb = an_block_of(j, s - 1, &pf);
+		if (pb != b) {
+			an_block_stop(c, pb);
+			an_block_start(c, b);
+		}
+	}
+	enum block_kind kind = an_block_kind(j, b, &k);
+	e->len = 0;
+	PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":");
+	put_u64(e, b);
+	if (kind == BK_THINK) {
+		PUT_LIT(e, ",\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"");
+		put_think_words(e, f, f + 1);
+	} else if (kind == BK_TEXT) {
+		PUT_LIT(e, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+		put_words(e, f, f + 1);
+	} else {
+		PUT_LIT(e, ",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"");
+		put_call_args(e, j, k, f, f + 1, j->out_tokens, true);
+	}
+	PUT_LIT(e, "\"}}\n\n");
+	ev_commit(c);
+}
+
+/* an_rich_close ends the open block and sends the blocks without deltas
+ * (text or tool calls of 0 words) that follow it. */
+static void an_rich_close(struct conn *c)
+{
+	const struct job *j = &c->job;
+	uint64_t f, last = j->steps ? an_block_of(j, j->steps - 1, &f) : 0;
+	an_block_stop(c, last);
+	for (uint64_t b = last + 1; b < an_blocks(j); b++) {
+		an_block_start(c, b);
+		an_block_stop(c, b);
+	}
+}
+
+/* oa_rich_step sends content delta s of a rich OpenAI stream: the
+ * reasoning_content deltas, the content deltas, then the tool calls'
+ * argument fragments, interleaved by call (call s % ncalls) or, with
+ * x-mock-tool-order: sequential, one call after another. A call's first
+ * delta carries its id, type and name. */
+static void oa_rich_step(struct conn *c, uint64_t s)
+{
+	const struct job *j = &c->job;
+	struct buf *e = &c->w->eb;
+	uint64_t n = j->out_tokens;
+	oa_chunk_open(e, j);
+	if (j->thinking) {
+		if (s < THINK_STEPS) {
+			PUT_LIT(e, "{\"index\":0,\"delta\":{\"reasoning_content\":\"");
+			put_think_words(e, s, s + 1);
+			PUT_LIT(e, "\"},\"logprobs\":null,\"finish_reason\":null}");
+			oa_chunk_close(c);
+			return;
+		}
+		s -= THINK_STEPS;
+	}
+	if (j->has_text) {
+		if (s < n) {
+			PUT_LIT(e, "{\"index\":0,\"delta\":{\"content\":\"");
+			put_words(e, s, s + 1);
+			PUT_LIT(e, "\"},\"logprobs\":null,\"finish_reason\":null}");
+			oa_chunk_close(c);
+			return;
+		}
+		s -= n;
+	}
+	uint64_t per = n ? n : 1; /* 0 words: one fragment, "{}" */
+	uint64_t k = j->tools_seq ? s / per : s % j->ncalls;
+	uint64_t f = j->tools_seq ? s % per : s / j->ncalls;
+	PUT_LIT(e, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
+	put_u64(e, k);
+	if (f == 0) {
+		PUT_LIT(e, ",\"id\":\"call_");
+		put_call_id(e, j, k);
+		PUT_LIT(e, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+		put_tool_name(e, j, k);
+		PUT_LIT(e, "\",\"arguments\":\"");
+	} else {
+		PUT_LIT(e, ",\"function\":{\"arguments\":\"");
+	}
+	if (n == 0)
+		PUT_LIT(e, "{}");
+	else
+		put_call_args(e, j, k, f, f + 1, n, true);
+	PUT_LIT(e, "\"}}]},\"logprobs\":null,\"finish_reason\":null}");
+	oa_chunk_close(c);
+}
+
 static void stream_preamble(struct conn *c)
 {
 	const struct job *j = &c->job;
@@ -1276,22 +1672,26 @@ static void stream_preamble(struct conn *c)
 		PUT_LIT(e, "\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
 		           "\"usage\":{\"input_tokens\":");
 		put_u64(e, j->input_tokens);
-		PUT_LIT(e, ",\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,"
-		           "\"output_tokens\":1}}}\n\n");
+		put_anthropic_cache(e, j);
+		PUT_LIT(e, "1}}}\n\n");
 		ev_commit(c);
-		e->len = 0;
-		if (j->tool) {
-			PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
-			           "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_");
-			put_hex(e, j->id);
-			PUT_LIT(e, "\",\"name\":\"");
-			put(e, j->tool_name, j->tool_name_len);
-			PUT_LIT(e, "\",\"input\":{}}}\n\n");
+		if (j->rich) {
+			an_block_start(c, 0);
 		} else {
-			PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
-			           "\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+			e->len = 0;
+			if (j->tool) {
+				PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+				           "\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_");
+				put_hex(e, j->id);
+				PUT_LIT(e, "\",\"name\":\"");
+				put_tool_name(e, j, 0);
+				PUT_LIT(e, "\",\"input\":{}}}\n\n");
+			} else {
+				PUT_LIT(e, "event: content_block_start\ndata: {\"type\":\"content_block_start\","
+				           "\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+			}
+			ev_commit(c);
 		}
-		ev_commit(c);
 		e->len = 0;
 		PUT_LIT(e, "event: ping\ndata: {\"type\": \"ping\"}\n\n");
 		ev_commit(c);
@@ -1300,12 +1700,19 @@ static void stream_preamble(struct conn *c)
 	if (j->ep != EP_CHAT)
 		return; /* legacy completions start with the first text chunk */
 	oa_chunk_open(e, j);
-	if (j->tool) {
+	if (j->rich) {
+		/* the calls' ids and names come with their first fragments */
+		if (j->has_text)
+			PUT_LIT(e, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",");
+		else
+			PUT_LIT(e, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,");
+		PUT_LIT(e, "\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}");
+	} else if (j->tool) {
 		PUT_LIT(e, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,"
 		           "\"tool_calls\":[{\"index\":0,\"id\":\"call_");
 		put_hex(e, j->id);
 		PUT_LIT(e, "\",\"type\":\"function\",\"function\":{\"name\":\"");
-		put(e, j->tool_name, j->tool_name_len);
+		put_tool_name(e, j, 0);
 		if (j->out_tokens == 0)
 			PUT_LIT(e, "\",\"arguments\":\"{}\"}}],");
 		else
@@ -1322,12 +1729,19 @@ static void stream_content(struct conn *c, uint64_t i)
 {
 	const struct job *j = &c->job;
 	struct buf *e = &c->w->eb;
+	if (j->rich) {
+		if (j->ep == EP_MESSAGES)
+			an_rich_step(c, i);
+		else
+			oa_rich_step(c, i);
+		return;
+	}
 	if (j->ep == EP_MESSAGES) {
 		e->len = 0;
 		if (j->tool) {
 			PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
 			           "\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"");
-			put_tool_args(e, j, i, i + 1, j->out_tokens, true);
+			put_call_args(e, j, 0, i, i + 1, j->out_tokens, true);
 		} else {
 			PUT_LIT(e, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
 			           "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"");
@@ -1345,7 +1759,7 @@ static void stream_content(struct conn *c, uint64_t i)
 	} else if (j->tool) {
 		PUT_LIT(e, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
 		           "{\"arguments\":\"");
-		put_tool_args(e, j, i, i + 1, j->out_tokens, true);
+		put_call_args(e, j, 0, i, i + 1, j->out_tokens, true);
 		PUT_LIT(e, "\"}}]},\"logprobs\":null,\"finish_reason\":null}");
 	} else {
 		PUT_LIT(e, "{\"index\":0,\"delta\":{\"content\":\"");
@@ -1360,16 +1774,22 @@ static void stream_trailer(struct conn *c)
 	const struct job *j = &c->job;
 	struct buf *e = &c->w->eb;
 	if (j->ep == EP_MESSAGES) {
-		e->len = 0;
-		PUT_LIT(e, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
-		           "\"index\":0}\n\n");
-		ev_commit(c);
+		if (j->rich) {
+			an_rich_close(c);
+		} else {
+			e->len = 0;
+			PUT_LIT(e, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\","
+			           "\"index\":0}\n\n");
+			ev_commit(c);
+		}
 		e->len = 0;
 		PUT_LIT(e, "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":"
 		           "{\"stop_reason\":\"");
 		put_cstr(e, finish_reason(j));
-		PUT_LIT(e, "\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":");
-		put_u64(e, j->out_tokens);
+		PUT_LIT(e, "\",\"stop_sequence\":");
+		put_stop_sequence(e, j);
+		PUT_LIT(e, "},\"usage\":{\"output_tokens\":");
+		put_u64(e, j->usage_out);
 		PUT_LIT(e, "}}\n\n");
 		ev_commit(c);
 		e->len = 0;
@@ -1387,7 +1807,7 @@ static void stream_trailer(struct conn *c)
 		if (j->include_usage) {
 			oa_chunk_open(e, j);
 			PUT_LIT(e, "],\"usage\":");
-			put_openai_usage(e, j, j->out_tokens);
+			put_openai_usage(e, j, j->usage_out);
 			PUT_LIT(e, "}\n\n");
 			ev_commit(c);
 		}
@@ -1416,7 +1836,7 @@ static void stream_pump(struct conn *c)
 			c->abrupt = true;
 			return;
 		}
-		if (j->emitted == j->out_tokens) {
+		if (j->emitted == j->steps) {
 			j->phase = PH_POST;
 			break;
 		}
@@ -1612,6 +2032,16 @@ static bool header_u64(const struct sl_http_header *h, uint64_t max, uint64_t *o
 
 #define NAME_IS(n, nl, lit) ((nl) == sizeof(lit) - 1 && sl_ascii_ieq((n), lit, sizeof(lit) - 1))
 
+/* header_flag reads a switch: 1 for "1"/"true", 0 for "0"/"false", else -1. */
+static int header_flag(const struct sl_http_header *h)
+{
+	if (NAME_IS(h->value, h->value_len, "1") || NAME_IS(h->value, h->value_len, "true"))
+		return 1;
+	if (NAME_IS(h->value, h->value_len, "0") || NAME_IS(h->value, h->value_len, "false"))
+		return 0;
+	return -1;
+}
+
 static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
 {
 	for (uint32_t i = 0; i < req->num_headers; i++) {
@@ -1645,6 +2075,26 @@ static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
 		} else if (NAME_IS(n, nl, "response-bytes")) {
 			if (header_u64(h, RESPONSE_BYTES_MAX, &v))
 				j->response_bytes = v;
+		} else if (NAME_IS(n, nl, "thinking")) {
+			int f = header_flag(h);
+			if (f >= 0)
+				j->think_hdr = f ? 2 : 1;
+		} else if (NAME_IS(n, nl, "parallel-tools")) {
+			if (header_u64(h, CALLS_MAX, &v))
+				j->parallel = (uint16_t)v;
+		} else if (NAME_IS(n, nl, "text-before-tools")) {
+			j->text_before = header_flag(h) == 1;
+		} else if (NAME_IS(n, nl, "tool-order")) {
+			if (NAME_IS(h->value, h->value_len, "sequential"))
+				j->tools_seq = true;
+			else if (NAME_IS(h->value, h->value_len, "interleaved"))
+				j->tools_seq = false;
+		} else if (NAME_IS(n, nl, "cache-read")) {
+			if (header_u64(h, CACHE_TOKENS_MAX, &v))
+				j->cache_read = v;
+		} else if (NAME_IS(n, nl, "cache-write")) {
+			if (header_u64(h, CACHE_TOKENS_MAX, &v))
+				j->cache_write = v;
 		}
 	}
 }
@@ -1658,25 +2108,18 @@ static void copy_json_string(struct sl_str v, char *dst, size_t dst_size, uint16
 	*out_len = (uint16_t)n;
 }
 
-/* tool_name finds the name of the first tool: {"name":..} (Anthropic) or
- * {"type":"function","function":{"name":..}} (OpenAI). */
-static void scan_tools(struct job *j, struct sl_str v)
+/* tool_name_at finds the name of the tool object at p: {"name":..}
+ * (Anthropic) or {"type":"function","function":{"name":..}} (OpenAI). */
+static bool tool_name_at(const char *p, const char *e, struct sl_str *name)
 {
-	const char *e = v.ptr + v.len;
-	const char *p = js_ws(v.ptr + 1, e);
-	if (p >= e || *p == ']')
-		return;
-	j->tool = true;
-	memcpy(j->tool_name, "mock_tool", 9);
-	j->tool_name_len = 9;
 	struct js_obj o;
 	struct sl_str k, val;
 	if (!js_obj_open(&o, p, e))
-		return;
+		return false;
 	while (js_obj_next(&o, &k, &val) > 0) {
 		if (STR_IS(k, "name")) {
-			copy_json_string(val, j->tool_name, sizeof(j->tool_name), &j->tool_name_len);
-			return;
+			*name = val;
+			return val.len >= 2 && val.ptr[0] == '"';
 		}
 		if (STR_IS(k, "function")) {
 			struct js_obj f;
@@ -1685,11 +2128,135 @@ static void scan_tools(struct job *j, struct sl_str v)
 				continue;
 			while (js_obj_next(&f, &fk, &fv) > 0)
 				if (STR_IS(fk, "name")) {
-					copy_json_string(fv, j->tool_name, sizeof(j->tool_name), &j->tool_name_len);
-					return;
+					*name = fv;
+					return fv.len >= 2 && fv.ptr[0] == '"';
 				}
 		}
 	}
+	return false;
+}
+
+/* scan_tools collects the names of the first tools (one, or as many as
+ * x-mock-parallel-tools calls, up to TOOLS_MAX); a tool without a name is
+ * "mock_tool". */
+static void scan_tools(struct job *j, struct sl_str v)
+{
+	const char *e = v.ptr + v.len;
+	const char *p = js_ws(v.ptr + 1, e);
+	if (p >= e || *p == ']')
+		return;
+	j->tool = true;
+	j->ntools = 0;
+	j->tool_off[0] = 0;
+	size_t want = j->parallel >= 2 ? SL_MIN((size_t)j->parallel, (size_t)TOOLS_MAX) : 1;
+	while (j->ntools < want) {
+		struct sl_str name;
+		const char *s = "mock_tool";
+		size_t len = 9;
+		if (tool_name_at(p, e, &name)) {
+			s = name.ptr + 1;
+			len = js_str_cut(s, name.len - 2, TOOL_NAME_BYTES_MAX - 1);
+		}
+		size_t off = j->tool_off[j->ntools];
+		if (off + len > TOOL_NAMES_BYTES)
+			break;
+		memcpy(j->tool_names + off, s, len);
+		j->tool_off[++j->ntools] = (uint16_t)(off + len);
+		const char *q = js_skip(p, e);
+		q = q ? js_ws(q, e) : e;
+		if (q >= e || *q != ',')
+			break;
+		p = js_ws(q + 1, e);
+	}
+}
+
+/* stop_trim trims spaces and \n, \r, \t escapes off both ends of the raw
+ * JSON string content s[0..*len); returns the new start. */
+static const char *stop_trim(const char *s, size_t *len)
+{
+	size_t n = *len;
+	for (;;) {
+		if (n && s[0] == ' ') {
+			s++;
+			n--;
+		} else if (n >= 2 && s[0] == '\\' && (s[1] == 'n' || s[1] == 'r' || s[1] == 't')) {
+			s += 2;
+			n -= 2;
+		} else {
+			break;
+		}
+	}
+	for (;;) {
+		if (n && s[n - 1] == ' ')
+			n--;
+		else if (n >= 2 && s[n - 2] == '\\' && (s[n - 1] == 'n' || s[n - 1] == 'r' || s[n - 1] == 't'))
+			n -= 2;
+		else
+			break;
+	}
+	*len = n;
+	return s;
+}
+
+/* stop_consider notes the stop sequence v (a raw JSON value) when it equals
+ * a word of the answer, trimmed, earlier than the one noted so far. The
+ * words repeat every 16, so the first match is among the first 16. */
+static void stop_consider(struct job *j, struct sl_str v)
+{
+	if (v.len < 2 || v.ptr[0] != '"' || v.len - 2 > STOP_RAW_BYTES)
+		return;
+	size_t tl = v.len - 2;
+	const char *t = stop_trim(v.ptr + 1, &tl);
+	if (!tl)
+		return;
+	for (unsigned i = 0; i < 16 && (!j->stop_idx || i + 1 < j->stop_idx); i++) {
+		const struct word *wd = &g_words[i];
+		size_t skip = wd->s[0] == ' ';
+		if (wd->len - skip == tl && memcmp(wd->s + skip, t, tl) == 0) {
+			j->stop_idx = (uint8_t)(i + 1);
+			j->stop_len = (uint8_t)(v.len - 2);
+			memcpy(j->stop_raw, v.ptr + 1, v.len - 2);
+			return;
+		}
+	}
+}
+
+/* scan_stops reads "stop" (a string or an array of strings) or
+ * "stop_sequences" (an array of strings). */
+static void scan_stops(struct job *j, struct sl_str v)
+{
+	if (v.ptr[0] == '"') {
+		stop_consider(j, v);
+		return;
+	}
+	if (v.ptr[0] != '[')
+		return;
+	const char *e = v.ptr + v.len;
+	const char *p = js_ws(v.ptr + 1, e);
+	while (p < e && *p != ']') {
+		const char *q = js_skip(p, e);
+		if (!q)
+			return;
+		stop_consider(j, (struct sl_str){ p, (size_t)(q - p) });
+		q = js_ws(q, e);
+		if (q >= e || *q != ',')
+			return;
+		p = js_ws(q + 1, e);
+	}
+}
+
+/* thinking_enabled: an Anthropic "thinking" object of type "enabled" (or
+ * "adaptive"). */
+static bool thinking_enabled(struct sl_str v)
+{
+	struct js_obj o;
+	struct sl_str k, val;
+	if (!js_obj_open(&o, v.ptr, v.ptr + v.len))
+		return false;
+	while (js_obj_next(&o, &k, &val) > 0)
+		if (STR_IS(k, "type"))
+			return STR_IS(val, "\"enabled\"") || STR_IS(val, "\"adaptive\"");
+	return false;
 }
 
 /* parse_body reads the top-level keys the answer depends on. Returns false
@@ -1703,6 +2270,10 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 	int r;
 	while ((r = js_obj_next(&o, &k, &v)) > 0) {
 		switch (k.len) {
+		case 4:
+			if (STR_IS(k, "stop") && (j->ep == EP_CHAT || j->ep == EP_COMPLETIONS))
+				scan_stops(j, v);
+			break;
 		case 5:
 			if (STR_IS(k, "model"))
 				copy_json_string(v, j->model, sizeof(j->model), &j->model_len);
@@ -1718,6 +2289,10 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 			if (STR_IS(k, "stream"))
 				j->stream = STR_IS(v, "true");
 			break;
+		case 8:
+			if (STR_IS(k, "thinking") && j->ep == EP_MESSAGES)
+				j->think_body = thinking_enabled(v);
+			break;
 		case 10:
 			if (STR_IS(k, "max_tokens"))
 				js_uint(v, TOKENS_MAX, &j->max_tokens);
@@ -1732,11 +2307,17 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 					while (js_obj_next(&so, &sk, &sv) > 0)
 						if (STR_IS(sk, "include_usage"))
 							j->include_usage = STR_IS(sv, "true");
+			} else if (STR_IS(k, "stop_sequences") && j->ep == EP_MESSAGES) {
+				scan_stops(j, v);
 			}
 			break;
 		case 15:
 			if (STR_IS(k, "encoding_format"))
 				j->embed_base64 = STR_IS(v, "\"base64\"");
+			break;
+		case 16:
+			if (STR_IS(k, "reasoning_effort") && j->ep == EP_CHAT)
+				j->think_body = !STR_IS(v, "null") && !STR_IS(v, "\"none\"");
 			break;
 		case 21:
 			if (STR_IS(k, "max_completion_tokens"))
@@ -1848,6 +2429,38 @@ static void respond_reset(struct conn *c)
 	send_body(c, 200, CT_JSON, b, false);
 }
 
+/* job_shape derives what the answer holds from the request: thinking,
+ * text, tool calls, a stop sequence ending the text; the output tokens and
+ * the number of content deltas of a stream. */
+static void job_shape(struct job *j)
+{
+	if (j->ep == EP_CHAT || j->ep == EP_MESSAGES)
+		j->thinking = j->think_hdr ? j->think_hdr == 2 : j->think_body;
+	j->has_text = !j->tool || j->text_before;
+	if (j->has_text && j->stop_idx && j->stop_idx - 1u < j->out_tokens) {
+		/* the text ends before the stop word; no tool calls follow */
+		j->out_tokens = j->stop_idx - 1u;
+		j->capped = false;
+		j->stop_hit = true;
+		j->tool = false;
+	}
+	j->ncalls = j->tool ? (j->parallel >= 2 ? j->parallel : 1) : 0;
+	j->rich = j->thinking || j->ncalls > 1 || (j->ncalls && j->text_before);
+	uint64_t blocks = (j->has_text ? 1u : 0u) + j->ncalls;
+	if (blocks > 1 && j->out_tokens > TOKENS_MAX / blocks)
+		j->out_tokens = TOKENS_MAX / blocks; /* all blocks' words together: TOKENS_MAX */
+	uint64_t n = j->out_tokens;
+	j->usage_out = usage_of(j, n);
+	j->steps = n;
+	if (j->rich) {
+		uint64_t think = j->thinking ? THINK_STEPS : 0;
+		if (j->ep == EP_MESSAGES)
+			j->steps = think + ((j->has_text ? 1u : 0u) + j->ncalls) * n;
+		else /* a call of 0 words still has one delta: "{}" */
+			j->steps = think + (j->has_text ? n : 0) + j->ncalls * SL_MAX(n, (uint64_t)1);
+	}
+}
+
 /* handle_request answers one complete request whose bytes were consumed
  * already (head and body stay valid until the next read). */
 static void handle_request(struct conn *c, const struct sl_http_request *req, const char *head,
@@ -1879,6 +2492,7 @@ static void handle_request(struct conn *c, const struct sl_http_request *req, co
 		j->out_tokens = j->max_tokens;
 		j->capped = true;
 	}
+	job_shape(j);
 	if (j->embed_dims == 0)
 		j->embed_dims = 1;
 	if (j->embed_inputs > EMBED_INPUTS_MAX)

@@ -3,6 +3,7 @@ and every fault-injection header (docs/TEAM-CONTRACT.md, "Mock upstream")."""
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -262,7 +263,8 @@ def ten_mib_request_body(e):
     expect_status(r, 200)
     lr = e.last_request()
     expect(lr["body_len"] >= 10 << 20, f"body_len {lr['body_len']}")
-    expect(len(lr["body"]) == 4096, f"last_request.body holds the first 4096 bytes, not {len(lr['body'])}")
+    expect(len(lr["body"]) == 65536, f"last_request.body holds the first 65536 bytes, not {len(lr['body'])}")
+    expect(lr["body"].startswith('{"model": "emb", "input": "aaaa'), "last_request.body is the body's start")
 
 
 @test(env="mock")
@@ -274,6 +276,310 @@ def pipelined_and_chunked_request(e):
         expect_status(r1, 200)
         expect_status(r2, 200)
         expect(r1.json()["object"] == "list" and r1.json()["data"][0]["object"] == "embedding", "embedding first")
+
+
+@test(env="mock")
+def stats_record_60k_body(e):
+    # a coding agent's request (~60 KB) is recorded whole
+    body = chat_body("m", content="y" * 60000)
+    expect_status(post(e, "/v1/chat/completions", body), 200)
+    lr = e.last_request()
+    expect(lr["body_len"] == len(json.dumps(body)) and json.loads(lr["body"]) == body,
+           f"body_len {lr['body_len']}, recorded {len(lr['body'])} bytes")
+
+
+# --- thinking, parallel tool calls, cache tokens, stop sequences -------------
+
+WORDS = ["Hello", " from", " the", " mock", " provider", ".", " The", " quick", " brown",
+         " fox", " jumps", " over", " a", " lazy", " dog", "."]
+THINKING = "Let me think about this."
+OA_TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+            for n in ("get_weather", "get_time", "get_news")]
+AN_TOOLS = [{"name": n, "input_schema": {"type": "object"}} for n in ("get_weather", "get_time", "get_news")]
+
+
+def words(n, start=0):
+    return "".join(" Hello" if i and i % 16 == 0 else WORDS[i % 16] for i in range(start, start + n))
+
+
+def anthropic_blocks(datas):
+    """Rebuilds the content blocks of an Anthropic stream, checking that
+    blocks start at consecutive indexes, one at a time, each stopped before
+    the next starts."""
+    blocks, open_idx = [], None
+    for d in datas:
+        t = d["type"]
+        if t == "content_block_start":
+            expect(open_idx is None, f"block {d['index']} starts while {open_idx} is open")
+            expect(d["index"] == len(blocks), f"block index {d['index']}, expected {len(blocks)}")
+            blocks.append(dict(d["content_block"], _deltas=[]))
+            open_idx = d["index"]
+        elif t == "content_block_delta":
+            expect(d["index"] == open_idx, f"delta for block {d['index']} while {open_idx} is open")
+            b, dl = blocks[open_idx], d["delta"]
+            b["_deltas"].append(dl["type"])
+            if dl["type"] == "text_delta":
+                b["text"] += dl["text"]
+            elif dl["type"] == "thinking_delta":
+                b["thinking"] += dl["thinking"]
+            elif dl["type"] == "signature_delta":
+                b["signature"] += dl["signature"]
+            elif dl["type"] == "input_json_delta":
+                b["_json"] = b.get("_json", "") + dl["partial_json"]
+        elif t == "content_block_stop":
+            expect(d["index"] == open_idx, f"stop of block {d['index']} while {open_idx} is open")
+            open_idx = None
+    expect(open_idx is None, f"block {open_idx} never stopped")
+    return blocks
+
+
+def openai_stream_message(datas):
+    """Accumulates an OpenAI chat stream: (reasoning, content, tool calls by
+    index, finish reasons, the ordered list of delta kinds)."""
+    reasoning, content, calls, finishes, kinds = "", "", {}, [], []
+    for d in datas:
+        if d == "[DONE]":
+            continue
+        for ch in d.get("choices", []):
+            dl = ch.get("delta") or {}
+            if dl.get("reasoning_content"):
+                reasoning += dl["reasoning_content"]
+                kinds.append("reasoning")
+            if dl.get("content"):
+                content += dl["content"]
+                kinds.append("content")
+            for tc in dl.get("tool_calls") or []:
+                kinds.append(("tool", tc["index"]))
+                c = calls.setdefault(tc["index"], {"id": None, "name": None, "arguments": "", "first": tc})
+                if "id" in tc:
+                    expect(c["id"] is None, f"call {tc['index']}: a second id")
+                    c["id"] = tc["id"]
+                    c["name"] = tc["function"]["name"]
+                c["arguments"] += tc["function"].get("arguments", "")
+            if ch.get("finish_reason"):
+                finishes.append(ch["finish_reason"])
+    return reasoning, content, calls, finishes, kinds
+
+
+@test(env="mock")
+def thinking_anthropic(e):
+    body = messages_body("c", thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2048)
+    j = expect_json_response(post(e, "/v1/messages", body, {"x-mock-tokens": 4}))
+    expect([b["type"] for b in j["content"]] == ["thinking", "text"], f"content {j['content']!r}")
+    th = j["content"][0]
+    expect(th["thinking"] == THINKING, f"thinking {th['thinking']!r}")
+    expect(re.fullmatch(r"[A-Za-z0-9+/]{40,}={0,2}", th["signature"] or ""), f"signature {th['signature']!r}")
+    expect(j["content"][1]["text"] == words(4), "text block")
+    expect(j["usage"]["output_tokens"] == 5 + 4, f"usage {j['usage']!r} (thinking deltas count)")
+    expect(j["stop_reason"] == "end_turn", "stop_reason")
+
+    r = expect_sse_response(stream(e, "/v1/messages", dict(body, stream=True), {"x-mock-tokens": 4}))
+    names = [n for n in sse_event_names(r.events) if n != "ping"]
+    datas = [d for d in sse_data(r.events) if d["type"] != "ping"]
+    expect(names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], f"events {names}")
+    blocks = anthropic_blocks(datas)
+    expect([b["type"] for b in blocks] == ["thinking", "text"], f"blocks {blocks!r}")
+    start = next(d for d in datas if d["type"] == "content_block_start")
+    expect(start["content_block"] == {"type": "thinking", "thinking": "", "signature": ""},
+           f"thinking block start {start['content_block']!r}")
+    expect(blocks[0]["_deltas"] == ["thinking_delta"] * 5 + ["signature_delta"],
+           f"thinking deltas {blocks[0]['_deltas']}: thinking_delta x5, then the signature")
+    expect(blocks[0]["thinking"] == THINKING and re.fullmatch(r"[A-Za-z0-9+/]{40,}={0,2}", blocks[0]["signature"]),
+           f"thinking block {blocks[0]!r}")
+    expect(blocks[1]["text"] == words(4) and blocks[1]["_deltas"] == ["text_delta"] * 4, "text block")
+    md = datas[-2]
+    expect(md["usage"]["output_tokens"] == 9 and md["delta"]["stop_reason"] == "end_turn", f"message_delta {md!r}")
+
+
+@test(env="mock")
+def thinking_by_header_and_off(e):
+    # x-mock-thinking: 1 without a thinking request; x-mock-thinking: 0 overrides the body
+    j = post(e, "/v1/messages", messages_body("c"), {"x-mock-thinking": "1"}).json()
+    expect([b["type"] for b in j["content"]] == ["thinking", "text"], f"content {j['content']!r}")
+    j = post(e, "/v1/messages", messages_body("c", thinking={"type": "enabled", "budget_tokens": 1024}),
+             {"x-mock-thinking": "0"}).json()
+    expect([b["type"] for b in j["content"]] == ["text"], f"content {j['content']!r}")
+    j = post(e, "/v1/messages", messages_body("c", thinking={"type": "disabled"})).json()
+    expect([b["type"] for b in j["content"]] == ["text"], f"thinking disabled: content {j['content']!r}")
+    j = post(e, "/v1/chat/completions", chat_body("m"), {"x-mock-thinking": "true"}).json()
+    expect(j["choices"][0]["message"].get("reasoning_content") == THINKING, f"{j['choices'][0]!r}")
+    j = post(e, "/v1/chat/completions", chat_body("m", reasoning_effort=None)).json()
+    expect("reasoning_content" not in j["choices"][0]["message"], "reasoning_effort null: no reasoning")
+
+
+@test(env="mock")
+def thinking_openai_reasoning_content(e):
+    body = chat_body("m", reasoning_effort="low")
+    j = expect_json_response(post(e, "/v1/chat/completions", body, {"x-mock-tokens": 3}))
+    m = j["choices"][0]["message"]
+    expect(m.get("reasoning_content") == THINKING and m["content"] == words(3), f"message {m!r}")
+    u = j["usage"]
+    expect(u["completion_tokens"] == 8 and u["completion_tokens_details"]["reasoning_tokens"] == 5
+           and u["total_tokens"] == u["prompt_tokens"] + 8, f"usage {u!r}")
+    r = expect_sse_response(stream(e, "/v1/chat/completions",
+                                   dict(body, stream=True, stream_options={"include_usage": True}),
+                                   {"x-mock-tokens": 3}))
+    datas = sse_data(r.events)
+    expect(datas[-1] == "[DONE]", "ends with [DONE]")
+    reasoning, content, calls, finishes, kinds = openai_stream_message(datas)
+    expect(reasoning == THINKING and content == words(3), f"reasoning {reasoning!r}, content {content!r}")
+    expect(kinds == ["reasoning"] * 5 + ["content"] * 3, f"delta order {kinds}")
+    expect(finishes == ["stop"] and not calls, f"finishes {finishes}")
+    expect(datas[0]["choices"][0]["delta"].get("role") == "assistant", "role chunk first")
+    expect(datas[-2]["usage"]["completion_tokens_details"]["reasoning_tokens"] == 5, f"usage {datas[-2]!r}")
+
+
+@test(env="mock")
+def thinking_stream_counts_for_faults(e):
+    # thinking deltas are content events: x-mock-disconnect-after counts them
+    r = stream(e, "/v1/messages", messages_body("c", stream=True), {"x-mock-thinking": "1", "x-mock-disconnect-after": 3},
+               timeout_s=5)
+    expect(not r.complete, "stream must be cut")
+    deltas = [d["delta"]["type"] for d in sse_data(r.events) if d["type"] == "content_block_delta"]
+    expect(deltas == ["thinking_delta"] * 3, f"deltas before the cut {deltas}")
+
+
+@test(env="mock")
+def parallel_tools_openai(e):
+    h = {"x-mock-parallel-tools": 3, "x-mock-tokens": 4}
+    j = expect_json_response(post(e, "/v1/chat/completions", chat_body("m", tools=OA_TOOLS), h))
+    ch = j["choices"][0]
+    calls = ch["message"]["tool_calls"]
+    expect(ch["finish_reason"] == "tool_calls" and ch["message"]["content"] is None, f"choice {ch!r}"[:300])
+    expect([c["function"]["name"] for c in calls] == ["get_weather", "get_time", "get_news"], f"calls {calls!r}")
+    expect(len({c["id"] for c in calls}) == 3 and all(c["id"].startswith("call_") for c in calls), "distinct ids")
+    expect([json.loads(c["function"]["arguments"]) for c in calls] == [{"text": words(4, k)} for k in range(3)],
+           f"arguments {[c['function']['arguments'] for c in calls]}")
+    expect(j["usage"]["completion_tokens"] == 12, f"usage {j['usage']!r}")
+
+    for order in ("interleaved", "sequential"):
+        r = expect_sse_response(stream(e, "/v1/chat/completions", chat_body("m", stream=True, tools=OA_TOOLS),
+                                       dict(h, **{"x-mock-tool-order": order})))
+        reasoning, content, scalls, finishes, kinds = openai_stream_message(sse_data(r.events))
+        expect(finishes == ["tool_calls"] and not content, f"{order}: finishes {finishes}, content {content!r}")
+        expect(sorted(scalls) == [0, 1, 2], f"{order}: call indexes {sorted(scalls)}")
+        for k, c in scalls.items():
+            expect(c["first"].get("id") and c["first"]["function"].get("name"),
+                   f"{order}: call {k}'s first delta has no id+name: {c['first']!r}")
+            expect(c["id"].startswith("call_"), f"{order}: call {k} id {c['id']!r}")
+            expect(json.loads(c["arguments"]) == {"text": words(4, k)}, f"{order}: call {k} arguments {c['arguments']!r}")
+        tools = [k[1] for k in kinds if k != "content"]
+        want = [0, 1, 2] * 4 if order == "interleaved" else [0] * 4 + [1] * 4 + [2] * 4
+        expect(tools == want, f"{order}: delta order by call index {tools}")
+        expect(len({c["id"] for c in scalls.values()}) == 3, f"{order}: distinct ids")
+
+
+@test(env="mock")
+def parallel_tools_cycle_and_text_before(e):
+    # more calls than tools: the tools are called in turn; text before the calls
+    h = {"x-mock-parallel-tools": 3, "x-mock-tokens": 2, "x-mock-text-before-tools": 1}
+    j = post(e, "/v1/chat/completions", chat_body("m", tools=OA_TOOLS[:1]), h).json()
+    m = j["choices"][0]["message"]
+    expect(m["content"] == words(2) and [c["function"]["name"] for c in m["tool_calls"]] == ["get_weather"] * 3,
+           f"message {m!r}"[:400])
+    r = stream(e, "/v1/chat/completions", chat_body("m", stream=True, tools=OA_TOOLS[:1]), h)
+    _, content, calls, finishes, kinds = openai_stream_message(sse_data(r.events))
+    expect(content == words(2) and kinds[:2] == ["content", "content"] and len(calls) == 3, f"kinds {kinds}")
+    expect(finishes == ["tool_calls"], f"finishes {finishes}")
+    # one call with text before it
+    j = post(e, "/v1/messages", messages_body("c", tools=AN_TOOLS), {"x-mock-text-before-tools": 1, "x-mock-tokens": 2}).json()
+    expect([b["type"] for b in j["content"]] == ["text", "tool_use"] and j["stop_reason"] == "tool_use",
+           f"content {j['content']!r}")
+    # no tools: the header is ignored
+    j = post(e, "/v1/chat/completions", chat_body("m"), {"x-mock-parallel-tools": 3}).json()
+    expect(j["choices"][0]["finish_reason"] == "stop" and "tool_calls" not in j["choices"][0]["message"], "no tools")
+
+
+@test(env="mock")
+def parallel_tools_anthropic(e):
+    h = {"x-mock-parallel-tools": 2, "x-mock-tokens": 3}
+    j = expect_json_response(post(e, "/v1/messages", messages_body("c", tools=AN_TOOLS), h))
+    uses = j["content"]
+    expect([b["type"] for b in uses] == ["tool_use", "tool_use"] and j["stop_reason"] == "tool_use", f"{j!r}"[:300])
+    expect([(b["name"], b["input"]) for b in uses] == [("get_weather", {"text": words(3)}), ("get_time", {"text": words(3, 1)})],
+           f"tool_use blocks {uses!r}")
+    expect(len({b["id"] for b in uses}) == 2 and all(re.fullmatch(r"toolu_[A-Za-z0-9_-]+", b["id"]) for b in uses),
+           "distinct toolu_ ids")
+    expect(j["usage"]["output_tokens"] == 6, f"usage {j['usage']!r}")
+
+    body = messages_body("c", stream=True, tools=AN_TOOLS, thinking={"type": "enabled", "budget_tokens": 1024})
+    r = expect_sse_response(stream(e, "/v1/messages", body, dict(h, **{"x-mock-text-before-tools": 1})))
+    datas = [d for d in sse_data(r.events) if d["type"] != "ping"]
+    blocks = anthropic_blocks(datas)
+    expect([b["type"] for b in blocks] == ["thinking", "text", "tool_use", "tool_use"], f"blocks {[b['type'] for b in blocks]}")
+    expect(blocks[1]["text"] == words(3), "text block")
+    for k, b in enumerate(blocks[2:]):
+        expect(b["name"] == AN_TOOLS[k]["name"] and json.loads(b["_json"]) == {"text": words(3, k)}, f"tool block {b!r}")
+        expect(b["_deltas"] == ["input_json_delta"] * 3, f"tool deltas {b['_deltas']}")
+    md = datas[-2]
+    expect(md["delta"]["stop_reason"] == "tool_use" and md["usage"]["output_tokens"] == 5 + 9, f"message_delta {md!r}")
+
+
+@test(env="mock")
+def parallel_tools_zero_tokens(e):
+    h = {"x-mock-parallel-tools": 2, "x-mock-tokens": 0}
+    r = stream(e, "/v1/messages", messages_body("c", stream=True, tools=AN_TOOLS), h)
+    blocks = anthropic_blocks([d for d in sse_data(r.events) if d["type"] != "ping"])
+    expect([(b["type"], b["_deltas"]) for b in blocks] == [("tool_use", []), ("tool_use", [])], f"blocks {blocks!r}")
+    r = stream(e, "/v1/chat/completions", chat_body("m", stream=True, tools=OA_TOOLS), h)
+    _, _, calls, finishes, _ = openai_stream_message(sse_data(r.events))
+    expect([json.loads(calls[k]["arguments"]) for k in (0, 1)] == [{}, {}] and finishes == ["tool_calls"], f"{calls!r}")
+
+
+@test(env="mock")
+def cache_tokens(e):
+    h = {"x-mock-cache-read": 1000, "x-mock-cache-write": 200}
+    j = post(e, "/v1/messages", messages_body("c"), h).json()
+    u = j["usage"]
+    expect(u["cache_read_input_tokens"] == 1000 and u["cache_creation_input_tokens"] == 200, f"usage {u!r}")
+    expect(0 < u["input_tokens"] < 1000, f"input_tokens {u['input_tokens']} excludes the cached ones")
+    r = stream(e, "/v1/messages", messages_body("c", stream=True), h)
+    ms = sse_data(r.events)[0]["message"]["usage"]
+    expect(ms["cache_read_input_tokens"] == 1000 and ms["cache_creation_input_tokens"] == 200, f"message_start usage {ms!r}")
+    j = post(e, "/v1/chat/completions", chat_body("m"), h).json()
+    u = j["usage"]
+    base = max(len(json.dumps(chat_body("m"))) // 4, 1)
+    expect(u["prompt_tokens_details"]["cached_tokens"] == 1000 and u["prompt_tokens"] == base + 1000
+           and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"], f"usage {u!r}")
+    body = chat_body("m", stream=True, stream_options={"include_usage": True})
+    r = stream(e, "/v1/chat/completions", body, h)
+    u = sse_data(r.events)[-2]["usage"]
+    expect(u["prompt_tokens_details"]["cached_tokens"] == 1000
+           and u["prompt_tokens"] == len(json.dumps(body)) // 4 + 1000, f"stream usage {u!r}")
+
+
+@test(env="mock")
+def stop_sequences(e):
+    # Anthropic: the text ends before the stop word, stop_reason stop_sequence
+    j = post(e, "/v1/messages", messages_body("c", stop_sequences=["END", "mock"])).json()
+    expect(j["content"][0]["text"] == words(3) and j["stop_reason"] == "stop_sequence" and j["stop_sequence"] == "mock",
+           f"{j!r}"[:300])
+    expect(j["usage"]["output_tokens"] == 3, f"usage {j['usage']!r}")
+    r = stream(e, "/v1/messages", messages_body("c", stream=True, stop_sequences=[" provider "]))
+    datas = sse_data(r.events)
+    text = "".join(d["delta"]["text"] for d in datas if d["type"] == "content_block_delta")
+    md = next(d for d in datas if d["type"] == "message_delta")
+    expect(text == words(4) and md["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": " provider "},
+           f"text {text!r}, message_delta {md!r}")
+    # no match, and a match after the max_tokens cap
+    j = post(e, "/v1/messages", messages_body("c", stop_sequences=["MOCK", "fox"])).json()
+    expect(j["stop_reason"] == "end_turn" and j["stop_sequence"] is None and j["content"][0]["text"] == words(8), f"{j!r}"[:300])
+    j = post(e, "/v1/messages", messages_body("c", max_tokens=2, stop_sequences=["the"])).json()
+    expect(j["stop_reason"] == "max_tokens" and j["content"][0]["text"] == words(2), f"{j!r}"[:300])
+    # OpenAI: stop as a string or a list, finish_reason stop
+    for stop in ("quick", ["x", "quick"]):
+        j = post(e, "/v1/chat/completions", chat_body("m", stop=stop)).json()
+        ch = j["choices"][0]
+        expect(ch["message"]["content"] == words(7) and ch["finish_reason"] == "stop", f"stop {stop!r}: {ch!r}")
+        expect(j["usage"]["completion_tokens"] == 7, f"usage {j['usage']!r}")
+    r = stream(e, "/v1/chat/completions", chat_body("m", stream=True, stop=["the"]), {"x-mock-tokens": 20})
+    expect("".join(openai_content_deltas(sse_data(r.events)[:-1])) == words(2), "streamed content stops")
+    j = post(e, "/v1/completions", {"model": "m", "prompt": "x", "stop": "."}).json()
+    expect(j["choices"][0]["text"] == words(5) and j["choices"][0]["finish_reason"] == "stop", f"{j!r}"[:300])
+    # text before tool calls that hits a stop sequence: no tool calls follow
+    j = post(e, "/v1/messages", messages_body("c", tools=AN_TOOLS, stop_sequences=["the"]),
+             {"x-mock-text-before-tools": 1}).json()
+    expect([b["type"] for b in j["content"]] == ["text"] and j["stop_reason"] == "stop_sequence", f"{j!r}"[:300])
 
 
 if __name__ == "__main__":

@@ -411,3 +411,247 @@ test('sdk.anthropic.models_retrieve_alias', async (t) => {
 	const m = await t.anthropic().models.retrieve('claude-sonnet-4-5-20250929');
 	eq(m.id, 'claude-sonnet-4-5', 'an alias resolves to its model');
 });
+
+// --------------------------------------------------------------------------
+// Thinking blocks, parallel tool use, cache usage and stop sequences, with the
+// mock's thinking output, x-mock-parallel-tools / x-mock-text-before-tools /
+// x-mock-cache-* headers and its stop-sequence handling (tools/mock.md).
+
+const THINKING = 'Let me think about this.'; // the mock's thinking text (5 deltas)
+const SIGNATURE_RE = /^[A-Za-z0-9+/]{40,}={0,2}$/; // what the mock signs with (base64)
+const TIME_TOOL = { name: 'get_time', description: 'The time somewhere', input_schema: WEATHER_SCHEMA };
+// The mock's words n words from word k on: tool call k's input text.
+const words = (n, k = 0) => mockText(n + k).slice(mockText(k).length);
+const THINK_ON = { type: 'enabled', budget_tokens: 1024 };
+
+async function upstreamInputTokens(t) {
+	const st = await t.mockStats();
+	return Math.max(Math.floor(st.last_request.body_len / 4), 1);
+}
+
+// A thinking block as the client sees it: the mock's text; from an Anthropic
+// upstream its signature as sent; from an OpenAI-format one (reasoning_content
+// has none) whatever string the gateway puts there.
+function checkThinkingBlock(b, T, what) {
+	eq(b?.type, 'thinking', `${what}: type`);
+	eq(b.thinking, THINKING, `${what}: thinking`);
+	ok(typeof b.signature === 'string', `${what}: signature is not a string: ${JSON.stringify(b.signature)}`);
+	if (T.format === 'anthropic')
+		ok(SIGNATURE_RE.test(b.signature), `${what}: signature ${JSON.stringify(b.signature)} is not the upstream's`);
+}
+
+for (const T of TARGETS) {
+	const n = (name) => `sdk.anthropic.${name}.${T.tag}`;
+
+	test(n('thinking_blocks'), async (t) => {
+		const m = await t.anthropic().messages.create({
+			model: T.model, max_tokens: 2048, thinking: THINK_ON,
+			messages: [{ role: 'user', content: 'Think, then say hello' }],
+		});
+		eq(m.content.map((b) => b.type), ['thinking', 'text'], 'content block types');
+		checkThinkingBlock(m.content[0], T, 'thinking block');
+		eq(m.content[1].text, TEXT, 'text block');
+		eq(m.stop_reason, 'end_turn', 'stop_reason');
+		checkUsage(m.usage, 5 + 8); // thinking is output too
+	});
+
+	test(n('thinking_stream'), async (t) => {
+		const stream = t.anthropic().messages.stream({
+			model: T.model, max_tokens: 2048, thinking: THINK_ON,
+			messages: [{ role: 'user', content: 'Think, then say hello' }],
+		});
+		const thinking = [];
+		const signatures = [];
+		const texts = [];
+		const events = [];
+		stream.on('thinking', (delta) => thinking.push(delta));
+		stream.on('signature', (sig) => signatures.push(sig));
+		stream.on('text', (delta) => texts.push(delta));
+		stream.on('streamEvent', (e) => events.push(e));
+		const final = await stream.finalMessage();
+		checkEventOrder(events);
+		const starts = events.filter((e) => e.type === 'content_block_start');
+		eq(starts.map((e) => e.content_block.type), ['thinking', 'text'], 'content_block_start types');
+		// thinking deltas never land in the text block, nor text in the thinking one
+		for (const e of events.filter((x) => x.type === 'content_block_delta')) {
+			const want = e.index === 0 ? ['thinking_delta', 'signature_delta'] : ['text_delta'];
+			ok(want.includes(e.delta.type), `a ${e.delta.type} in block ${e.index}`);
+		}
+		eq(thinking.join(''), THINKING, "the 'thinking' deltas");
+		ok(thinking.length >= 2, `only ${thinking.length} thinking delta(s): not streamed`);
+		eq(texts.join(''), TEXT, "the 'text' deltas");
+		checkThinkingBlock(final.content[0], T, 'finalMessage thinking block');
+		if (T.format === 'anthropic') {
+			eq(signatures.length, 1, "'signature' events");
+			eq(final.content[0].signature, signatures[0], 'the signature_delta is the block signature');
+		}
+		eq(final.content.map((b) => b.type), ['thinking', 'text'], 'finalMessage content');
+		eq(final.content[1].text, TEXT, 'finalMessage text');
+		eq(final.stop_reason, 'end_turn', 'finalMessage stop_reason');
+		checkUsage(final.usage, 5 + 8, 'finalMessage usage');
+	});
+
+	test(n('thinking_signature_round_trip'), async (t) => {
+		// a tool loop with thinking: the thinking block (with its signature)
+		// goes back with the tool result, unchanged, as the upstream requires
+		const client = t.anthropic();
+		const messages = [{ role: 'user', content: 'Weather in Paris?' }];
+		const m1 = await client.messages.create({
+			model: T.model, max_tokens: 2048, thinking: THINK_ON, tools: [WEATHER_TOOL], messages,
+		});
+		eq(m1.content.map((b) => b.type), ['thinking', 'tool_use'], 'first answer content');
+		eq(m1.stop_reason, 'tool_use', 'first answer stop_reason');
+		checkThinkingBlock(m1.content[0], T, 'first answer thinking block');
+		const use = m1.content[1];
+		messages.push({ role: 'assistant', content: m1.content },
+			{ role: 'user', content: [{ type: 'tool_result', tool_use_id: use.id, content: 'sunny' }] });
+		const m2 = await client.messages.create({
+			model: T.model, max_tokens: 2048, thinking: THINK_ON, tools: [WEATHER_TOOL], messages,
+		});
+		eq(m2.stop_reason, 'tool_use', 'second answer stop_reason');
+		const up = await t.upstreamFor(T);
+		const um = up.body.messages;
+		eq(um.length, 3, 'upstream messages');
+		if (T.format === 'anthropic') {
+			eq(um[1].content[0], { type: 'thinking', thinking: THINKING, signature: m1.content[0].signature },
+				'upstream thinking block (signature unchanged)');
+			eq(um[1].content[1].id, use.id, 'upstream tool_use id');
+		} else {
+			eq(um[1].reasoning_content, THINKING, 'upstream assistant reasoning_content');
+			eq(um[1].tool_calls?.[0]?.id, use.id, 'upstream tool call id');
+			eq(um[2].tool_call_id, use.id, 'upstream tool_call_id');
+		}
+	});
+
+	test(n('parallel_tool_use'), async (t) => {
+		const m = await t.anthropic().messages.create({
+			model: T.model, max_tokens: 200, tools: [WEATHER_TOOL, TIME_TOOL],
+			messages: [{ role: 'user', content: 'Weather and time in Paris?' }],
+		}, { headers: { 'x-mock-parallel-tools': '2' } });
+		eq(m.stop_reason, 'tool_use', 'stop_reason');
+		eq(m.content.map((b) => [b.type, b.name, b.input]),
+			[['tool_use', 'get_weather', { text: words(8) }], ['tool_use', 'get_time', { text: words(8, 1) }]],
+			'tool_use blocks');
+		ok(m.content.every((b) => /^[a-zA-Z0-9_-]+$/.test(b.id)), 'tool_use ids match [a-zA-Z0-9_-]+');
+		ok(m.content[0].id !== m.content[1].id, 'distinct tool_use ids');
+		checkUsage(m.usage, 16);
+	});
+
+	for (const order of ['interleaved', 'sequential']) {
+		test(n(`parallel_tool_use_stream_${order}`), async (t) => {
+			// from an OpenAI-format upstream the calls' fragments come
+			// interleaved (or one call after another): the client still sees
+			// one complete tool_use block after another
+			const stream = t.anthropic().messages.stream({
+				model: T.model, max_tokens: 200, tools: [WEATHER_TOOL, TIME_TOOL],
+				messages: [{ role: 'user', content: 'Weather and time in Paris?' }],
+			}, { headers: { 'x-mock-parallel-tools': '2', 'x-mock-tool-order': order } });
+			const events = [];
+			stream.on('streamEvent', (e) => events.push(e));
+			const final = await stream.finalMessage();
+			checkEventOrder(events);
+			const starts = events.filter((e) => e.type === 'content_block_start');
+			eq(starts.map((e) => [e.index, e.content_block.type, e.content_block.name]),
+				[[0, 'tool_use', 'get_weather'], [1, 'tool_use', 'get_time']], 'content_block_start events');
+			for (const s of starts) {
+				const jd = events.filter((e) => e.type === 'content_block_delta' && e.index === s.index);
+				ok(jd.length >= 2 && jd.every((e) => e.delta.type === 'input_json_delta'),
+					`block ${s.index}: input_json_delta deltas`);
+				eq(JSON.parse(jd.map((e) => e.delta.partial_json).join('')), { text: words(8, s.index) },
+					`block ${s.index}: joined partial_json`);
+			}
+			eq(final.content.map((b) => [b.name, b.input]),
+				[['get_weather', { text: words(8) }], ['get_time', { text: words(8, 1) }]], 'finalMessage tool_use');
+			ok(final.content[0].id && final.content[0].id !== final.content[1].id, 'distinct ids');
+			eq(final.stop_reason, 'tool_use', 'stop_reason');
+			checkUsage(final.usage, 16, 'finalMessage usage');
+		});
+	}
+
+	test(n('parallel_tool_results_round_trip'), async (t) => {
+		const client = t.anthropic();
+		const messages = [{ role: 'user', content: 'Weather and time in Paris?' }];
+		const m1 = await client.messages.create({
+			model: T.model, max_tokens: 200, tools: [WEATHER_TOOL, TIME_TOOL], messages,
+		}, { headers: { 'x-mock-parallel-tools': '2' } });
+		const [a, b] = m1.content;
+		eq([a?.type, b?.type], ['tool_use', 'tool_use'], 'first answer content');
+		messages.push({ role: 'assistant', content: m1.content }, { role: 'user', content: [
+			{ type: 'tool_result', tool_use_id: a.id, content: 'sunny' },
+			{ type: 'tool_result', tool_use_id: b.id, content: '14:00' },
+		] });
+		const m2 = await client.messages.create({ model: T.model, max_tokens: 200, messages });
+		eq(m2.content.map((x) => [x.type, x.text]), [['text', TEXT]], 'second answer');
+		const up = await t.upstreamFor(T);
+		const um = up.body.messages;
+		if (T.format === 'openai') {
+			eq(um.map((m) => m.role), ['user', 'assistant', 'tool', 'tool'], 'upstream roles');
+			eq(um[1].tool_calls.map((tc) => [tc.id, tc.function.name]), [[a.id, 'get_weather'], [b.id, 'get_time']],
+				'upstream tool_calls');
+			eq(um.slice(2).map((m) => [m.tool_call_id, flatText(m.content)]), [[a.id, 'sunny'], [b.id, '14:00']],
+				'upstream tool messages (both, in order, once)');
+		} else {
+			eq(um[2].content.map((x) => x.tool_use_id), [a.id, b.id], 'upstream tool_result ids');
+		}
+	});
+
+	test(n('text_then_tool_use_stream'), async (t) => {
+		const stream = t.anthropic().messages.stream({
+			model: T.model, max_tokens: 200, tools: [WEATHER_TOOL],
+			messages: [{ role: 'user', content: 'Weather in Paris?' }],
+		}, { headers: { 'x-mock-text-before-tools': '1' } });
+		const events = [];
+		stream.on('streamEvent', (e) => events.push(e));
+		const final = await stream.finalMessage();
+		checkEventOrder(events);
+		eq(final.content.map((b) => b.type), ['text', 'tool_use'], 'finalMessage content');
+		eq(final.content[0].text, TEXT, 'text block');
+		eq([final.content[1].name, final.content[1].input], ['get_weather', { text: TEXT }], 'tool_use block');
+		eq(final.stop_reason, 'tool_use', 'stop_reason');
+		checkUsage(final.usage, 16, 'finalMessage usage');
+	});
+
+	test(n('cache_usage'), async (t) => {
+		// the upstream read 100 input tokens from its cache (an Anthropic one
+		// also wrote 50); input_tokens counts the uncached ones only
+		const headers = { 'x-mock-cache-read': '100', 'x-mock-cache-write': '50' };
+		const m = await t.anthropic().messages.create({
+			model: T.model, max_tokens: 100, messages: [{ role: 'user', content: 'Say hello' }],
+		}, { headers });
+		const base = await upstreamInputTokens(t);
+		checkUsage(m.usage, 8);
+		eq(m.usage.cache_read_input_tokens, 100, 'usage.cache_read_input_tokens');
+		eq(m.usage.input_tokens, base, 'usage.input_tokens (the uncached input only)');
+		if (T.format === 'anthropic')
+			eq(m.usage.cache_creation_input_tokens, 50, 'usage.cache_creation_input_tokens');
+		else
+			ok(!m.usage.cache_creation_input_tokens, `usage.cache_creation_input_tokens: ${m.usage.cache_creation_input_tokens}`);
+
+		const final = await t.anthropic().messages.stream({
+			model: T.model, max_tokens: 100, messages: [{ role: 'user', content: 'Say hello' }],
+		}, { headers }).finalMessage();
+		const sbase = await upstreamInputTokens(t);
+		checkUsage(final.usage, 8, 'finalMessage usage');
+		eq(final.usage.cache_read_input_tokens, 100, 'finalMessage usage.cache_read_input_tokens');
+		eq(final.usage.input_tokens, sbase, 'finalMessage usage.input_tokens');
+	});
+
+	test(n('stop_sequence'), async (t) => {
+		// the mock stops before a word equal to a stop sequence; an
+		// OpenAI-format upstream does not say which one matched
+		const check = (m, what) => {
+			eq(m.content.map((b) => [b.type, b.text]), [['text', mockText(3)]], `${what}: content`);
+			if (T.format === 'anthropic' || m.stop_reason === 'stop_sequence')
+				eq([m.stop_reason, m.stop_sequence], ['stop_sequence', 'mock'], `${what}: stop_reason, stop_sequence`);
+			else
+				eq([m.stop_reason, m.stop_sequence ?? null], ['end_turn', null], `${what}: stop_reason, stop_sequence`);
+			checkUsage(m.usage, 3, `${what}: usage`);
+		};
+		const params = {
+			model: T.model, max_tokens: 100, stop_sequences: ['END', 'mock'],
+			messages: [{ role: 'user', content: 'Say hello' }],
+		};
+		check(await t.anthropic().messages.create(params), 'create');
+		check(await t.anthropic().messages.stream(params).finalMessage(), 'stream');
+	});
+}

@@ -446,7 +446,7 @@ class Context {
 			headers[k.toLowerCase()] = v;
 		let body = null;
 		if (last.body_len > 0) {
-			ok(last.body_len <= 4096, `upstream body is ${last.body_len} bytes: over the mock's 4096-byte record`);
+			ok(last.body_len <= 65536, `upstream body is ${last.body_len} bytes: over the mock's 65536-byte record`);
 			try {
 				body = JSON.parse(last.body);
 			} catch (e) {

@@ -552,3 +552,183 @@ test('sdk.openai.models_retrieve', async (t) => {
 	ok((a.aliases || []).includes('claude-sonnet-4-5-20250929'), 'aliases listed');
 	await expectError(() => client.models.retrieve('no-such-model'), OpenAI.NotFoundError, 404, 'unknown model');
 });
+
+// --------------------------------------------------------------------------
+// Reasoning, parallel tool calls, cached tokens and stop sequences, with the
+// mock's x-mock-thinking / x-mock-parallel-tools / x-mock-cache-* headers and
+// its stop-sequence handling (tools/mock.md).
+
+const THINKING = 'Let me think about this.'; // the mock's reasoning text (5 deltas)
+const TIME_TOOL = {
+	type: 'function',
+	function: { name: 'get_time', description: 'The time somewhere', parameters: WEATHER_PARAMS },
+};
+// The mock's words n words from word k on: tool call k's arguments text.
+const words = (n, k = 0) => mockText(n + k).slice(mockText(k).length);
+
+// The upstream request body's size decides the mock's input token count.
+async function upstreamInputTokens(t) {
+	const st = await t.mockStats();
+	return Math.max(Math.floor(st.last_request.body_len / 4), 1);
+}
+
+for (const T of TARGETS) {
+	const n = (name) => `sdk.openai.${name}.${T.tag}`;
+
+	test(n('reasoning_content'), async (t) => {
+		// reasoning_effort makes the upstream think: an Anthropic thinking block
+		// arrives as message.reasoning_content, as reasoning-capable hosts send it
+		const c = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Think, then say hello' }],
+			reasoning_effort: 'low', max_completion_tokens: 4000,
+		});
+		const m = c.choices[0].message;
+		eq(m.reasoning_content, THINKING, 'message.reasoning_content');
+		eq(m.content, TEXT, 'content');
+		eq(c.choices[0].finish_reason, 'stop', 'finish_reason');
+		checkUsage(c.usage, 5 + 8); // the thinking is output too
+	});
+
+	test(n('reasoning_content_stream'), async (t) => {
+		const stream = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Think, then say hello' }],
+			reasoning_effort: 'low', max_completion_tokens: 4000, stream: true,
+			stream_options: { include_usage: true },
+		});
+		const r = await collectChunks(stream);
+		const kinds = [];
+		let reasoning = '';
+		for (const c of r.chunks)
+			for (const ch of c.choices) {
+				if (ch.delta?.reasoning_content) {
+					reasoning += ch.delta.reasoning_content;
+					kinds.push('r');
+				}
+				if (ch.delta?.content)
+					kinds.push('c');
+			}
+		eq(reasoning, THINKING, 'reasoning_content deltas');
+		ok(kinds.filter((k) => k === 'r').length >= 2, `reasoning not streamed (${kinds.join('')})`);
+		ok(kinds.join('').startsWith('r') && !/c.*r/.test(kinds.join('')),
+			`reasoning deltas must all come before the content deltas: ${kinds.join('')}`);
+		eq(r.text, TEXT, 'streamed content');
+		eq(r.finish, 'stop', 'finish_reason');
+		checkUsage(r.usage, 5 + 8, 'usage chunk');
+	});
+
+	test(n('parallel_tool_calls'), async (t) => {
+		const c = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Weather and time in Paris?' }],
+			tools: [WEATHER_TOOL, TIME_TOOL], max_tokens: 200,
+		}, { headers: { 'x-mock-parallel-tools': '2' } });
+		const m = c.choices[0].message;
+		eq(c.choices[0].finish_reason, 'tool_calls', 'finish_reason');
+		eq(m.tool_calls?.length, 2, 'number of tool_calls');
+		eq(m.tool_calls.map((tc) => [tc.type, tc.function.name]), [['function', 'get_weather'], ['function', 'get_time']],
+			'tool calls');
+		eq(m.tool_calls.map((tc) => JSON.parse(tc.function.arguments)), [{ text: words(8) }, { text: words(8, 1) }],
+			'tool call arguments');
+		ok(m.tool_calls.every((tc) => typeof tc.id === 'string' && tc.id.length > 0), 'tool call ids');
+		ok(m.tool_calls[0].id !== m.tool_calls[1].id, 'distinct tool call ids');
+		checkUsage(c.usage, 16);
+	});
+
+	test(n('parallel_tool_calls_stream'), async (t) => {
+		// an OpenAI-format upstream interleaves the two calls' argument
+		// fragments; each call's first delta carries its id and name
+		const stream = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Weather and time in Paris?' }],
+			tools: [WEATHER_TOOL, TIME_TOOL], max_tokens: 200, stream: true,
+		}, { headers: { 'x-mock-parallel-tools': '2' } });
+		const r = await collectChunks(stream);
+		eq(r.finish, 'tool_calls', 'finish_reason');
+		eq(r.toolCalls.length, 2, 'tool calls (by delta index)');
+		eq(r.toolCalls.map((tc) => tc.name), ['get_weather', 'get_time'], 'tool call names');
+		eq(r.toolCalls.map((tc) => JSON.parse(tc.arguments)), [{ text: words(8) }, { text: words(8, 1) }],
+			'tool call arguments');
+		ok(r.toolCalls[0].id && r.toolCalls[1].id && r.toolCalls[0].id !== r.toolCalls[1].id, 'distinct ids');
+		const tcs = r.chunks.flatMap((c) => c.choices.flatMap((ch) => ch.delta?.tool_calls || []));
+		for (const idx of [0, 1]) {
+			const mine = tcs.filter((tc) => tc.index === idx);
+			ok(mine[0].id && mine[0].function?.name, `call ${idx}: its first delta has no id and name`);
+			eq(mine.filter((tc) => tc.id).length, 1, `call ${idx}: deltas carrying an id`);
+			ok(mine.length >= 2, `call ${idx}: arguments not streamed`);
+		}
+		eq(r.text, '', 'no content');
+	});
+
+	test(n('parallel_tool_results_round_trip'), async (t) => {
+		// both results go back, each with its call's id, once
+		const client = t.openai();
+		const messages = [{ role: 'user', content: 'Weather and time in Paris?' }];
+		const c1 = await client.chat.completions.create({
+			model: T.model, messages, tools: [WEATHER_TOOL, TIME_TOOL], max_tokens: 200,
+		}, { headers: { 'x-mock-parallel-tools': '2' } });
+		const calls = c1.choices[0].message.tool_calls;
+		eq(calls?.length, 2, 'number of tool_calls');
+		messages.push(c1.choices[0].message,
+			{ role: 'tool', tool_call_id: calls[0].id, content: 'sunny' },
+			{ role: 'tool', tool_call_id: calls[1].id, content: '14:00' });
+		const c2 = await client.chat.completions.create({ model: T.model, messages, max_tokens: 200 });
+		eq(c2.choices[0].message.content, TEXT, 'second answer');
+		const up = await t.upstreamFor(T);
+		const um = up.body.messages;
+		if (T.format === 'anthropic') {
+			eq(um.length, 3, `upstream messages (${um.map((m) => m.role).join(',')})`);
+			const uses = blocks(um[1].content).filter((b) => b.type === 'tool_use');
+			eq(uses.map((b) => [b.id, b.name]), [[calls[0].id, 'get_weather'], [calls[1].id, 'get_time']],
+				'upstream tool_use blocks');
+			eq(um[2].role, 'user', 'upstream messages[2].role');
+			const res = blocks(um[2].content).filter((b) => b.type === 'tool_result');
+			eq(res.map((b) => [b.tool_use_id, flatText(b.content)]), [[calls[0].id, 'sunny'], [calls[1].id, '14:00']],
+				'upstream tool_result blocks (both, in order, once)');
+		} else {
+			eq(um.length, 4, 'upstream messages');
+			eq(um[1].tool_calls.map((tc) => tc.id), calls.map((tc) => tc.id), 'upstream tool_calls ids');
+			eq(um.slice(2), [{ role: 'tool', tool_call_id: calls[0].id, content: 'sunny' },
+				{ role: 'tool', tool_call_id: calls[1].id, content: '14:00' }], 'upstream tool messages');
+		}
+	});
+
+	test(n('cached_tokens'), async (t) => {
+		// the upstream read 100 prompt tokens from its cache (and an Anthropic
+		// one wrote 50): prompt_tokens counts every input token, cached_tokens
+		// the cached ones
+		const headers = { 'x-mock-cache-read': '100', 'x-mock-cache-write': '50' };
+		const c = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 100,
+		}, { headers });
+		const base = await upstreamInputTokens(t);
+		const total = base + 100 + (T.format === 'anthropic' ? 50 : 0);
+		checkUsage(c.usage, 8);
+		eq(c.usage.prompt_tokens_details?.cached_tokens, 100, 'usage.prompt_tokens_details.cached_tokens');
+		eq(c.usage.prompt_tokens, total, 'usage.prompt_tokens (uncached + cache reads + cache writes)');
+
+		const stream = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 100, stream: true,
+			stream_options: { include_usage: true },
+		}, { headers });
+		const r = await collectChunks(stream);
+		const sbase = await upstreamInputTokens(t);
+		checkUsage(r.usage, 8, 'usage chunk');
+		eq(r.usage.prompt_tokens_details?.cached_tokens, 100, 'usage chunk cached_tokens');
+		eq(r.usage.prompt_tokens, sbase + 100 + (T.format === 'anthropic' ? 50 : 0), 'usage chunk prompt_tokens');
+	});
+
+	test(n('stop_sequence'), async (t) => {
+		// the mock stops before a word equal to a stop sequence
+		const c = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 100, stop: ['mock'],
+		});
+		eq(c.choices[0].message.content, mockText(3), 'content');
+		eq(c.choices[0].finish_reason, 'stop', 'finish_reason');
+		checkUsage(c.usage, 3);
+		const stream = await t.openai().chat.completions.create({
+			model: T.model, messages: [{ role: 'user', content: 'Say hello' }], max_tokens: 100, stop: 'mock',
+			stream: true,
+		});
+		const r = await collectChunks(stream);
+		eq(r.text, mockText(3), 'streamed content');
+		eq(r.finish, 'stop', 'streamed finish_reason');
+	});
+}
