@@ -38,6 +38,12 @@
 #define BUDGET_MIN_TOKENS 1024 /* Anthropic's minimum budget */
 #define EFFORT_LOW_BELOW_TOKENS 4096
 #define EFFORT_MEDIUM_BELOW_TOKENS 16384
+/* Each effort's budget maps back to the same effort. */
+_Static_assert(BUDGET_LOW_TOKENS < EFFORT_LOW_BELOW_TOKENS &&
+               EFFORT_LOW_BELOW_TOKENS <= BUDGET_MEDIUM_TOKENS &&
+               BUDGET_MEDIUM_TOKENS < EFFORT_MEDIUM_BELOW_TOKENS &&
+               EFFORT_MEDIUM_BELOW_TOKENS <= BUDGET_HIGH_TOKENS,
+               "reasoning_effort -> budget -> reasoning_effort must round-trip");
 
 /* Prefix of a Responses reasoning item's encrypted_content that carries an
  * Anthropic redacted_thinking block instead of a thinking signature (base64
@@ -105,6 +111,12 @@ static int64_t get_int(const struct sl_json *o, const char *key, int64_t dflt)
 {
 	int64_t n;
 	return is_obj(o) && sl_json_get_int(o, key, &n) ? n : dflt;
+}
+
+/* JSON whitespace (strchr would also match the NUL byte). */
+static bool is_space(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
 }
 
 static bool str_nonempty(const struct sl_json *v)
@@ -870,7 +882,7 @@ static struct sl_json *arguments_to_input(struct cv *c, const struct sl_json *ar
 		return cv_fail(c, "messages[%u].tool_calls[%u].function.arguments must be a string", mi,
 		               ti);
 	size_t i = 0;
-	while (i < args->len && strchr(" \t\r\n", args->u.str[i]))
+	while (i < args->len && is_space(args->u.str[i]))
 		i++;
 	if (i == args->len)
 		return mk_raw(c, "{}");
@@ -1095,7 +1107,7 @@ static struct sl_json *response_format_instruction(struct cv *c, const struct sl
 static bool has_non_space(const struct sl_json *s)
 {
 	for (uint32_t i = 0; i < s->len; i++)
-		if (!strchr(" \t\r\n", s->u.str[i]))
+		if (!is_space(s->u.str[i]))
 			return true;
 	return false;
 }
@@ -2694,9 +2706,9 @@ static const char *error_type(unsigned status, bool anthropic)
  * replacing invalid UTF-8 and control bytes so it can be a JSON string. */
 static struct sl_json *error_text(struct cv *c, const char *s, size_t len)
 {
-	while (len > 0 && strchr(" \t\r\n", s[len - 1]))
+	while (len > 0 && is_space(s[len - 1]))
 		len--;
-	while (len > 0 && strchr(" \t\r\n", s[0]))
+	while (len > 0 && is_space(s[0]))
 		s++, len--;
 	if (len > ERROR_MESSAGE_BYTES_MAX)
 		len = (size_t)clip_utf8(s, len, ERROR_MESSAGE_BYTES_MAX);

@@ -1013,7 +1013,13 @@ static int convert_request(struct sl_reactor *r, struct sl_conn *c,
 	struct sl_json *out = NULL;
 	const char *msg = NULL;
 	if (sl_convert_request(a, ctx, in, &out, &msg) != 0 || !out) {
-		exchange_fail(r, c, 400, NULL, msg ? msg : "The request cannot be converted", NULL);
+		if (a->failed)
+			exchange_fail(r, c, 413, NULL,
+			              "The request is too large to convert within the gateway's limits",
+			              NULL);
+		else
+			exchange_fail(r, c, 400, NULL, msg ? msg : "The request cannot be converted",
+			              NULL);
 		return -1;
 	}
 	size_t n = sl_json_serialized_len(out);

@@ -471,6 +471,38 @@ TEST(request_errors_name_the_field)
 		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
 		  "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"file\",\"file\":{\"file_data\":\"data:text/plain;base64,//79\"}}]}]}",
 		  "not base64 of UTF-8 text" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"image_url\"}]}]}",
+		  "messages[0].content[0]: system messages take text parts only" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+		  "\"tool_choice\":{\"type\":\"function\",\"function\":{}}}", "tool_choice.function.name" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+		  "\"tool_choice\":\"sometimes\"}", "tool_choice must be" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[],\"response_format\":{\"type\":\"xml\"}}", "response_format.type \"xml\"" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC, "{\"messages\":[],\"tools\":{}}", "tools must be an array" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":[]}}]}",
+		  "tools[0].function.parameters must be an object" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[{\"role\":\"assistant\",\"function_call\":{\"name\":\"f\"}}]}", "function_call is deprecated" },
+		{ SL_ROUTE_CHAT_COMPLETIONS, SL_FORMAT_ANTHROPIC,
+		  "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"file\",\"file\":{\"file_data\":\"data:image/gif;base64,R0lG\"}}]}]}",
+		  "file type image/gif is not supported" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI, "{\"messages\":[],\"system\":[{\"type\":\"image\"}]}", "system[0] must be a text block" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI, "{\"messages\":[],\"system\":5}", "system must be a string" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI, "{\"messages\":[],\"stop_sequences\":\"x\"}", "stop_sequences must be" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI,
+		  "{\"messages\":[],\"tools\":[{\"name\":\"t\",\"input_schema\":{}}],\"tool_choice\":{\"type\":\"sometimes\"}}",
+		  "tool_choice.type must be" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI,
+		  "{\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"name\":\"t\"}]}]}",
+		  "tool_use needs id and name" },
+		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI,
+		  "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"a\","
+		  "\"content\":[{\"type\":\"search_result\"}]}]}]}", "block type \"search_result\" cannot be converted" },
 		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI, "{\"messages\":{}}", "messages" },
 		{ SL_ROUTE_MESSAGES, SL_FORMAT_OPENAI,
 		  "{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}", "role must be \"user\" or \"assistant\"" },
@@ -669,7 +701,8 @@ TEST(arena_exhaustion_fails_cleanly)
 			CHECK(msg != NULL);
 		}
 		size_t n;
-		const char *e = sl_convert_error(&a, &ctx, 500, "{\"error\":{\"message\":\"x\"}}", 27, &n);
+		static const char err_body[] = "{\"error\":{\"message\":\"x\"}}";
+		const char *e = sl_convert_error(&a, &ctx, 500, err_body, strlen(err_body), &n);
 		CHECK(e && n > 0 && e[0] == '{');
 		sl_arena_release(&a);
 		sl_arena_release(&in_arena);
