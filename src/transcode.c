@@ -32,7 +32,7 @@
 #define TC_MAGIC 0x5eed7c0dU
 #define TC_EVENT_BYTES_MAX ((size_t)1 << 20)    /* one upstream event */
 #define TC_SCRATCH_BYTES_MAX ((size_t)16 << 20) /* its JSON tree */
-#define TC_DATA_KEEP_BYTES ((size_t)64 << 10)   /* larger data buffers are freed after use */
+#define TC_LINE_BYTES_MIN 1024                  /* first size of the line and data buffers */
 #define TC_TOOLS_NUM_MAX 1024                   /* tool calls per stream */
 #define TC_ITEMS_NUM_MAX 4096                   /* Responses output items per stream */
 #define TC_EVENT_NAME_MAX 64
@@ -137,9 +137,18 @@ struct item {
 	struct tool *tool;
 };
 
+/* A buffer in the stream's arena, reused from event to event and grown by
+ * doubling: its memory is bounded by twice the largest event, and nothing
+ * outlives the arena (a transcoder dropped without finish leaks nothing). */
+struct linebuf {
+	char *p;
+	size_t len;
+	size_t cap;
+};
+
 struct sse {
-	struct sl_buf line;     /* a line cut by the end of a feed */
-	struct sl_buf data;     /* the event's data lines, each followed by \n */
+	struct linebuf line;    /* a line cut by the end of a feed */
+	struct linebuf data;    /* the event's data lines, each followed by \n */
 	char event[TC_EVENT_NAME_MAX];
 	uint32_t event_len;     /* 0: none given ("message"); UINT32_MAX: too long to know */
 	uint8_t bom_matched;    /* bytes of a leading UTF-8 BOM seen so far */
@@ -160,6 +169,7 @@ struct sl_transcoder {
 	const char *model;       /* echoed to the client */
 	size_t model_len;
 	int64_t created_s;
+	int64_t estimated_input_tokens; /* message_start's input before the upstream's count */
 	bool wants_usage;        /* chat/completions client asked for the usage chunk */
 	const char *request_id;
 
@@ -302,6 +312,25 @@ static bool rope_append(struct sl_arena *a, struct rope *r, const char *s, size_
 			r->head = g;
 		r->tail = g;
 	}
+	return true;
+}
+
+/* linebuf_append: false when the arena is exhausted. Callers bound len. */
+static bool linebuf_append(struct sl_arena *a, struct linebuf *b, const char *s, size_t n)
+{
+	if (b->cap - b->len < n) {
+		size_t cap = SL_MAX(SL_MAX(b->cap * 2, b->len + n), (size_t)TC_LINE_BYTES_MIN);
+		char *p = sl_arena_alloc(a, cap);
+		if (!p)
+			return false;
+		if (b->len)
+			memcpy(p, b->p, b->len);
+		b->p = p;
+		b->cap = cap;
+	}
+	if (n)
+		memcpy(b->p + b->len, s, n);
+	b->len += n;
 	return true;
 }
 
@@ -536,10 +565,14 @@ static void put_usage_openai(struct sl_transcoder *t, struct sl_buf *b)
 	PUT(b, "}}");
 }
 
-static void put_usage_anthropic(struct sl_transcoder *t, struct sl_buf *b, int64_t output)
+/* input_estimate: what to say while the upstream has not counted the input
+ * (an OpenAI upstream counts it in its last chunk, or, ignoring
+ * include_usage, never): the proxy's local estimate, not a zero. */
+static void put_usage_anthropic(struct sl_transcoder *t, struct sl_buf *b, int64_t output,
+                                int64_t input_estimate)
 {
 	PUT(b, "{\"input_tokens\":");
-	put_int(b, known(t->usage.input_tokens));
+	put_int(b, t->usage.input_tokens >= 0 ? t->usage.input_tokens : input_estimate);
 	PUT(b, ",\"cache_creation_input_tokens\":");
 	put_int(b, known(t->usage.cache_write_tokens));
 	PUT(b, ",\"cache_read_input_tokens\":");
@@ -642,7 +675,7 @@ static void anth_message_start(struct sl_transcoder *t, struct sl_buf *out)
 	PUT(out, "\",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
 	put_str(out, t->model, t->model_len);
 	PUT(out, ",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":");
-	put_usage_anthropic(t, out, known(t->usage.output_tokens));
+	put_usage_anthropic(t, out, known(t->usage.output_tokens), t->estimated_input_tokens);
 	PUT(out, "}}\n\n");
 }
 
@@ -726,7 +759,7 @@ static void anth_message_end(struct sl_transcoder *t, struct sl_buf *out)
 	else
 		PUT(out, "null");
 	PUT(out, "},\"usage\":");
-	put_usage_anthropic(t, out, client_output_tokens(t));
+	put_usage_anthropic(t, out, client_output_tokens(t), t->estimated_input_tokens);
 	PUT(out, "}\n\n");
 	ANTH_EVENT(out, "message_stop");
 	PUT(out, "}\n\n");
@@ -1301,7 +1334,7 @@ static int seq_tool(struct sl_transcoder *t, struct tool *x, const char *args, s
 	case TOOL_NEW:
 		x->state = TOOL_PENDING;
 		t->pending_num++;
-		/* fall through */
+		__attribute__((fallthrough));
 	case TOOL_PENDING:
 		if (n && !rope_append(t->arena, &x->args, args, n))
 			return tc_oom(t);
@@ -1986,8 +2019,6 @@ static int sse_dispatch(struct sl_transcoder *t, struct sl_buf *out)
 	s->data.len = 0;
 	s->event_len = 0;
 	sl_arena_release(&t->scratch);
-	if (s->data.cap > TC_DATA_KEEP_BYTES)
-		sl_buf_release(&s->data);
 	if (out->failed && t->state != TC_FAILED)
 		return tc_fail(t, "client output buffer exhausted");
 	return rc;
@@ -2012,11 +2043,9 @@ static int sse_line(struct sl_transcoder *t, const char *p, size_t n, struct sl_
 	if (name_len == 4 && memcmp(p, "data", 4) == 0) {
 		if (s->data.len + value_len + 1 > TC_EVENT_BYTES_MAX)
 			return tc_fail(t, "upstream stream event over 1 MiB");
-		if (!sl_buf_reserve(&s->data, value_len + 1))
+		if (!linebuf_append(t->arena, &s->data, value, value_len) ||
+		    !linebuf_append(t->arena, &s->data, "\n", 1))
 			return tc_oom(t);
-		memcpy(s->data.p + s->data.len, value, value_len);
-		s->data.p[s->data.len + value_len] = '\n';
-		s->data.len += value_len + 1;
 	} else if (name_len == 5 && memcmp(p, "event", 5) == 0) {
 		if (value_len < TC_EVENT_NAME_MAX) {
 			memcpy(s->event, value, value_len);
@@ -2051,7 +2080,7 @@ static int sse_lines(struct sl_transcoder *t, const char *p, size_t n, struct sl
 		if (!eol) {
 			if (s->line.len + rest > TC_EVENT_BYTES_MAX)
 				return tc_fail(t, "upstream stream event over 1 MiB");
-			if (!sl_buf_append(&s->line, p, rest))
+			if (!linebuf_append(t->arena, &s->line, p, rest))
 				return tc_oom(t);
 			break;
 		}
@@ -2060,15 +2089,13 @@ static int sse_lines(struct sl_transcoder *t, const char *p, size_t n, struct sl
 		if (s->line.len) {
 			if (s->line.len + line_len > TC_EVENT_BYTES_MAX)
 				return tc_fail(t, "upstream stream event over 1 MiB");
-			if (!sl_buf_append(&s->line, p, line_len))
+			if (!linebuf_append(t->arena, &s->line, p, line_len))
 				return tc_oom(t);
 			line = s->line.p;
 			line_len = s->line.len;
 		}
 		int rc = sse_line(t, line, line_len, out);
 		s->line.len = 0;
-		if (s->line.cap > TC_DATA_KEEP_BYTES)
-			sl_buf_release(&s->line);
 		if (rc)
 			return rc;
 		p = eol + 1;
@@ -2164,16 +2191,19 @@ struct sl_transcoder *sl_transcoder_create(struct sl_arena *a, struct sl_bufpool
 		.upstream = ctx->upstream_format,
 		.arena = a,
 		.created_s = ctx->created_s,
+		.estimated_input_tokens = SL_MAX(ctx->estimated_input_tokens, (int64_t)0),
 		.wants_usage = ctx->client_wants_usage,
-		.request_id = ctx->request_id,
 		.usage = { -1, -1, -1, -1 },
 	};
+	/* copies: the ctx need not outlive the stream */
 	const char *model = ctx->client_model ? ctx->client_model : ctx->upstream_model;
-	t->model = model ? model : "";
-	t->model_len = strlen(t->model);
+	t->model_len = model ? strlen(model) : 0;
+	t->model = sl_arena_memdup(a, model ? model : "", t->model_len);
+	if (ctx->request_id)
+		t->request_id = sl_arena_memdup(a, ctx->request_id, strlen(ctx->request_id));
+	if (!t->model || (ctx->request_id && !t->request_id))
+		return NULL;
 	sl_arena_init(&t->scratch, pool, TC_SCRATCH_BYTES_MAX);
-	sl_buf_init(&t->sse.line, pool, TC_EVENT_BYTES_MAX);
-	sl_buf_init(&t->sse.data, pool, TC_EVENT_BYTES_MAX);
 	return t;
 }
 
@@ -2185,7 +2215,11 @@ int sl_transcoder_feed(struct sl_transcoder *t, const char *data, size_t len, st
 		return SL_ERROR;
 	if (t->state != TC_STREAMING)
 		return 0; /* after the end or an error: the rest is of no use */
-	return sse_feed(t, data, len, out);
+	int rc = sse_feed(t, data, len, out);
+	/* the scratch is empty again: between calls a transcoder holds nothing
+	 * outside the stream's arena */
+	SL_ASSERT(t->scratch.blocks == NULL);
+	return rc;
 }
 
 int sl_transcoder_finish(struct sl_transcoder *t, bool upstream_ok, const char *error_message,
@@ -2206,15 +2240,24 @@ int sl_transcoder_finish(struct sl_transcoder *t, bool upstream_ok, const char *
 		}
 	}
 	if (t->state == TC_STREAMING || t->state == TC_FAILED) {
-		const char *msg = error_message;
+		/* the caller's words, then why the stream failed when it knows */
+		const char *msg = error_message ? error_message : t->fail_message;
 		if (!msg)
-			msg = t->fail_message ? t->fail_message : "upstream stream interrupted";
+			msg = "upstream stream interrupted";
+		if (error_message && t->fail_message) {
+			size_t n1 = strlen(error_message), n2 = strlen(t->fail_message);
+			char *both = sl_arena_alloc(t->arena, n1 + n2 + 3);
+			if (both) {
+				memcpy(both, error_message, n1);
+				memcpy(both + n1, ": ", 2);
+				memcpy(both + n1 + 2, t->fail_message, n2 + 1);
+				msg = both;
+			}
+		}
 		op_error(t, NULL, 0, msg, strlen(msg), out);
 	}
 	t->state = TC_FINISHED;
 	sl_arena_release(&t->scratch);
-	sl_buf_release(&t->sse.line);
-	sl_buf_release(&t->sse.data);
 	return out->failed ? SL_ERROR : 0;
 }
 
