@@ -1628,6 +1628,21 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	return true;
 }
 
+/* Once a response has started the request can no longer be retried, so its
+ * input block goes back to the pool, unless pipelined bytes follow it or the
+ * upstream is still sending from it. A long stream then holds no request
+ * memory. */
+static void client_input_release(struct sl_reactor *r, struct sl_conn *c, struct sl_conn *u)
+{
+	if (!c->in || u->send_busy || u->sq.num || c->in_len != request_end(c))
+		return;
+	sl_bufpool_put(&r->mem, c->in, c->in_cap);
+	c->in = NULL;
+	c->in_cap = c->in_len = 0;
+	c->cx.head_len = 0;
+	c->cx.body_len = 0;
+}
+
 static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t bid, char *data,
                              size_t len)
 {
@@ -1702,6 +1717,7 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		upstream_fail(r, u, 503, NULL, "The gateway is out of response memory; retry");
 		return false;
 	}
+	client_input_release(r, c, u);
 	u->state = SL_UP_BODY;
 	u->ux.framing = (uint8_t)resp.framing;
 	u->ux.body_left = resp.content_length;

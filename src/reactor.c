@@ -374,6 +374,10 @@ static void sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t res)
 		c->sq.head = (uint8_t)((c->sq.head + 1) & (SL_SENDQ_CAP - 1));
 		c->sq.num--;
 	}
+	/* An empty queue restarts at entry 0: a connection that never queues
+	 * much touches only the first entries of its array. */
+	if (c->sq.num == 0)
+		c->sq.head = 0;
 }
 
 /* --- completion handlers ------------------------------------------------------ */
@@ -530,10 +534,11 @@ int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
 	                      sizeof *r->upstreams);
 	if (!r->conns || !r->conn_free || !r->headers || !r->upstreams)
 		return -ENOMEM;
-	for (uint32_t i = 0; i < r->conn_cap; i++) {
-		r->conns[i].fd = -1;
-		r->conn_free[i] = r->conn_cap - 1 - i; /* low slots first */
-	}
+	/* Slots are not touched until used (calloc'd pages cost no memory), so
+	 * a reactor's RSS follows its live connections, not connections_per_core.
+	 * Low slots are handed out first and reused first. */
+	for (uint32_t i = 0; i < r->conn_cap; i++)
+		r->conn_free[i] = r->conn_cap - 1 - i;
 	r->conn_free_num = r->conn_cap;
 
 	int rc = sl_bufpool_init(&r->mem, lim->memory_per_core_bytes);
