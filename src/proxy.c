@@ -98,6 +98,29 @@ static void w_json_escaped(struct wbuf *w, const char *s, size_t n)
 	}
 }
 
+/* An error object in the client's format (SPEC section 1); the message is
+ * cut at 700 bytes so the object always fits a 1 KiB buffer. */
+static void w_error_json(struct wbuf *w, enum sl_format format, const char *type,
+                         const char *message)
+{
+	size_t msg_len = SL_MIN(strlen(message), (size_t)700);
+	if (format == SL_FORMAT_ANTHROPIC) {
+		W_LIT(w, "{\"type\":\"error\",\"error\":{\"type\":\"");
+		w_str(w, type);
+		W_LIT(w, "\",\"message\":\"");
+		w_json_escaped(w, message, msg_len);
+		W_LIT(w, "\"}}");
+	} else {
+		W_LIT(w, "{\"error\":{\"message\":\"");
+		w_json_escaped(w, message, msg_len);
+		W_LIT(w, "\",\"type\":\"");
+		w_str(w, type);
+		W_LIT(w, "\",\"param\":null,\"code\":\"");
+		w_str(w, type);
+		W_LIT(w, "\"}}");
+	}
+}
+
 /* --- helpers --------------------------------------------------------------------- */
 
 static struct sl_http_limits http_limits(const struct sl_reactor *r)
@@ -275,25 +298,10 @@ static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned stat
 		sl_conn_close(r, c);
 		return;
 	}
-	/* the body first, at the end of the block, so its length is known */
+	/* the body first, so its length is known */
 	char body_tmp[1024];
 	struct wbuf b = { body_tmp, 0, sizeof body_tmp, false };
-	size_t msg_len = SL_MIN(strlen(message), (size_t)700);
-	if (c->cx.format == SL_FORMAT_ANTHROPIC) {
-		W_LIT(&b, "{\"type\":\"error\",\"error\":{\"type\":\"");
-		w_str(&b, type);
-		W_LIT(&b, "\",\"message\":\"");
-		w_json_escaped(&b, message, msg_len);
-		W_LIT(&b, "\"}}");
-	} else {
-		W_LIT(&b, "{\"error\":{\"message\":\"");
-		w_json_escaped(&b, message, msg_len);
-		W_LIT(&b, "\",\"type\":\"");
-		w_str(&b, type);
-		W_LIT(&b, "\",\"param\":null,\"code\":\"");
-		w_str(&b, type);
-		W_LIT(&b, "\"}}");
-	}
+	w_error_json(&b, (enum sl_format)c->cx.format, type, message);
 	SL_ASSERT(!b.overflow);
 	struct wbuf w = { block, 0, cap, false };
 	W_LIT(&w, "HTTP/1.1 ");
@@ -789,22 +797,12 @@ static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char 
 		return false;
 	char ev[1200];
 	struct wbuf e = { ev, 0, sizeof ev, false };
-	size_t msg_len = SL_MIN(strlen(message), (size_t)700);
-	if (c->cx.format == SL_FORMAT_ANTHROPIC) {
-		W_LIT(&e, "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"");
-		w_str(&e, type);
-		W_LIT(&e, "\",\"message\":\"");
-		w_json_escaped(&e, message, msg_len);
-		W_LIT(&e, "\"}}\n\n");
-	} else {
-		W_LIT(&e, "data: {\"error\":{\"message\":\"");
-		w_json_escaped(&e, message, msg_len);
-		W_LIT(&e, "\",\"type\":\"");
-		w_str(&e, type);
-		W_LIT(&e, "\",\"param\":null,\"code\":\"");
-		w_str(&e, type);
-		W_LIT(&e, "\"}}\n\n");
-	}
+	if (c->cx.format == SL_FORMAT_ANTHROPIC)
+		W_LIT(&e, "event: error\ndata: ");
+	else
+		W_LIT(&e, "data: ");
+	w_error_json(&e, (enum sl_format)c->cx.format, type, message);
+	W_LIT(&e, "\n\n");
 	SL_ASSERT(!e.overflow);
 	struct wbuf w = { block, 0, cap, false };
 	static const char hex[] = "0123456789abcdef";
