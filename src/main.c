@@ -5,6 +5,7 @@
  * waits for signals: SIGTERM/SIGINT drain in-flight exchanges and exit 0.
  */
 #include "sluice/config.h"
+#include "sluice/keys.h"
 #include "sluice/reactor.h"
 
 #include <arpa/inet.h>
@@ -27,6 +28,7 @@ static void usage(FILE *out)
 {
 	fputs("usage: sluice serve [-c FILE] [--threads N]\n"
 	      "       sluice check-config -c FILE\n"
+	      "       sluice keys create|list|show|update|revoke|topup ... (sluice keys --help)\n"
 	      "       sluice version\n"
 	      "\n"
 	      "serve without -c runs the embedded demo config: it listens on\n"
@@ -248,6 +250,8 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
+	if (strcmp(cmd, "keys") == 0)
+		return sl_keys_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check-config") != 0) {
 		fprintf(stderr, "sluice: unknown command '%s'\n", cmd);
 		usage(stderr);
