@@ -241,6 +241,19 @@ static bool push_static(struct sl_conn *c, const char *p, size_t len)
 	return sl_conn_send_push(c, &e);
 }
 
+/* Queues the block holding a response head (and maybe its body) for the
+ * client; false, with the block released, when the queue is full. */
+static bool push_response_head(struct sl_reactor *r, struct sl_conn *c, void *block, size_t cap,
+                               size_t len)
+{
+	if (!push_pool_block(c, block, cap, len)) {
+		sl_bufpool_put(&r->mem, block, cap);
+		return false;
+	}
+	c->cx.response_started = true;
+	return true;
+}
+
 /* Arms the client's send deadline while it has bytes queued. */
 static void client_send_timer(struct sl_reactor *r, struct sl_conn *c)
 {
@@ -322,12 +335,10 @@ static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned stat
 	W_LIT(&w, "\r\n");
 	w_mem(&w, b.p, b.len);
 	SL_ASSERT(!w.overflow);
-	if (!push_pool_block(c, block, cap, w.len)) {
-		sl_bufpool_put(&r->mem, block, cap);
+	if (!push_response_head(r, c, block, cap, w.len)) {
 		sl_conn_close(r, c);
 		return;
 	}
-	c->cx.response_started = true;
 	if (close_after) {
 		c->close_after_flush = true;
 		c->keep_alive = false;
@@ -426,16 +437,13 @@ static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *c
 		W_LIT(&w, "\r\nConnection: close");
 	W_LIT(&w, "\r\n\r\n");
 	SL_ASSERT(!w.overflow);
-	bool ok = push_pool_block(c, block, cap, w.len);
-	if (!ok)
-		sl_bufpool_put(&r->mem, block, cap);
+	bool ok = push_response_head(r, c, block, cap, w.len);
 	if (ok && !head_only)
 		ok = push_static(c, body, body_len); /* config memory: lives as long as we do */
 	if (!ok) {
 		sl_conn_close(r, c);
 		return;
 	}
-	c->cx.response_started = true;
 	sl_conn_send_flush(r, c);
 	client_send_timer(r, c);
 }
@@ -940,12 +948,10 @@ static void respond_json(struct sl_reactor *r, struct sl_conn *c, unsigned statu
 	W_LIT(&w, "\r\n");
 	w_mem(&w, body, body_len);
 	SL_ASSERT(!w.overflow);
-	if (!push_pool_block(c, block, cap, w.len)) {
-		sl_bufpool_put(&r->mem, block, cap);
+	if (!push_response_head(r, c, block, cap, w.len)) {
 		sl_conn_close(r, c);
 		return;
 	}
-	c->cx.response_started = true;
 	sl_conn_send_flush(r, c);
 	client_send_timer(r, c);
 }
@@ -1403,12 +1409,7 @@ static bool convert_response_head(struct sl_reactor *r, struct sl_conn *u, struc
 		W_LIT(&w, "\r\n");
 	}
 	SL_ASSERT(!w.overflow);
-	if (!push_pool_block(c, block, cap, w.len)) {
-		sl_bufpool_put(&r->mem, block, cap);
-		return false;
-	}
-	c->cx.response_started = true;
-	return true;
+	return push_response_head(r, c, block, cap, w.len);
 }
 
 /* Body bytes of a converted response (already de-chunked). Returns false
@@ -1631,12 +1632,7 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 		W_LIT(&w, "Connection: close\r\n");
 	W_LIT(&w, "\r\n");
 	SL_ASSERT(!w.overflow);
-	if (!push_pool_block(c, block, cap, w.len)) {
-		sl_bufpool_put(&r->mem, block, cap);
-		return false;
-	}
-	c->cx.response_started = true;
-	return true;
+	return push_response_head(r, c, block, cap, w.len);
 }
 
 /* Once a response has started the request can no longer be retried, so its
