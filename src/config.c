@@ -1147,15 +1147,37 @@ static int parse_aliases(struct loader *ld, json_t *obj, struct sl_model_config 
 	return 0;
 }
 
+#define LIMIT_MAX (1ull << 39) /* the limiter keeps allowances in 40 signed bits */
+
+static int parse_model_limits(struct loader *ld, json_t *obj, struct sl_model_limits *l)
+{
+	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
+		                            "concurrent", NULL };
+	json_t *o;
+	int rc = read_object(ld, obj, "limits", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "limits");
+	if ((rc = check_keys(ld, o, keys)) ||
+	    (rc = read_u64(ld, o, "requests_per_minute", 0, LIMIT_MAX, &l->requests_per_minute)) ||
+	    (rc = read_u64(ld, o, "tokens_per_minute", 0, LIMIT_MAX, &l->tokens_per_minute)) ||
+	    (rc = read_u64(ld, o, "concurrent", 0, LIMIT_MAX, &l->concurrent)))
+		return rc;
+	l->set = l->requests_per_minute || l->tokens_per_minute || l->concurrent;
+	path_pop(ld, old);
+	return 0;
+}
+
 static int parse_model(struct loader *ld, json_t *obj, struct sl_model_config *m)
 {
 	static const char *const keys[] = { "targets", "aliases", "price", "context_window",
-		                            "max_output_tokens", "owned_by", NULL };
+		                            "max_output_tokens", "owned_by", "limits", NULL };
 	const char *owned_by;
 	int rc;
 	if (!json_is_object(obj))
 		return fail(ld, "expected an object");
-	if ((rc = check_keys(ld, obj, keys)) || (rc = parse_targets(ld, obj, m)) ||
+	if ((rc = check_keys(ld, obj, keys)) || (rc = parse_model_limits(ld, obj, &m->limits)) ||
+	    (rc = parse_targets(ld, obj, m)) ||
 	    (rc = parse_aliases(ld, obj, m)) || (rc = parse_price(ld, obj, &m->price)) ||
 	    (rc = read_u32(ld, obj, "context_window", 0, UINT32_MAX, &m->context_window)) ||
 	    (rc = read_u32(ld, obj, "max_output_tokens", 0, UINT32_MAX, &m->max_output_tokens)) ||
@@ -1376,6 +1398,142 @@ static int build_models_json(struct loader *ld)
 
 /* ---- top level --------------------------------------------------------------- */
 
+/* ---- auth, rate limits, tiers ----------------------------------------------- */
+
+static int parse_auth(struct loader *ld, json_t *root)
+{
+	static const char *const keys[] = { "mode", "ip_block_failures", "ip_block_seconds",
+		                            "ip_table_entries", NULL };
+	struct sl_auth_config *a = &ld->config->auth;
+	json_t *o;
+	const char *mode;
+	int rc = read_object(ld, root, "auth", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "auth");
+	if ((rc = check_keys(ld, o, keys)) || (rc = read_string(ld, o, "mode", 0, &mode)) ||
+	    (rc = read_u32(ld, o, "ip_block_failures", 0, 1u << 20, &a->ip_block_failures)) ||
+	    (rc = read_u32(ld, o, "ip_block_seconds", 1, 86400 * 30, &a->ip_block_seconds)) ||
+	    (rc = read_u32(ld, o, "ip_table_entries", 16, 1u << 24, &a->ip_table_entries)))
+		return rc;
+	if (mode) {
+		if (strcmp(mode, "keys") == 0) {
+			a->required = true;
+		} else if (strcmp(mode, "none") == 0) {
+			a->required = false;
+		} else {
+			path_push_key(ld, "mode");
+			return fail(ld, "expected \"keys\" or \"none\"");
+		}
+	}
+	path_pop(ld, old);
+	return 0;
+}
+
+static int parse_rate(struct loader *ld, json_t *root)
+{
+	static const char *const keys[] = { "window_ms", "reconcile_ms", "daily_reset_hour_utc",
+		                            "keys_max", "active_keys_max",
+		                            "max_tokens_estimate_max", "state_save_ms", NULL };
+	struct sl_rate_config *r = &ld->config->rate;
+	json_t *o;
+	int rc = read_object(ld, root, "rate_limits", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "rate_limits");
+	if ((rc = check_keys(ld, o, keys)) ||
+	    (rc = read_u32(ld, o, "window_ms", 100, 86400000, &r->window_ms)) ||
+	    (rc = read_u32(ld, o, "reconcile_ms", 1, 10000, &r->reconcile_ms)) ||
+	    (rc = read_u32(ld, o, "daily_reset_hour_utc", 0, 23, &r->daily_reset_hour_utc)) ||
+	    (rc = read_u32(ld, o, "keys_max", 1, 16u << 20, &r->keys_max)) ||
+	    (rc = read_u32(ld, o, "active_keys_max", 16, 16u << 20, &r->active_keys_max)) ||
+	    (rc = read_u32(ld, o, "max_tokens_estimate_max", 0, 1u << 24,
+	                   &r->max_tokens_estimate_max)) ||
+	    (rc = read_u32(ld, o, "state_save_ms", 10, 3600000, &r->state_save_ms)))
+		return rc;
+	path_pop(ld, old);
+	return 0;
+}
+
+static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
+{
+	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
+		                            "concurrent", "requests_per_day", "models", NULL };
+	struct sl_config *c = ld->config;
+	int rc;
+	if (!json_is_object(obj))
+		return fail(ld, "expected an object");
+	if ((rc = check_keys(ld, obj, keys)) ||
+	    (rc = read_u64(ld, obj, "requests_per_minute", 0, LIMIT_MAX, &t->requests_per_minute)) ||
+	    (rc = read_u64(ld, obj, "tokens_per_minute", 0, LIMIT_MAX, &t->tokens_per_minute)) ||
+	    (rc = read_u64(ld, obj, "concurrent", 0, LIMIT_MAX, &t->concurrent)) ||
+	    (rc = read_u64(ld, obj, "requests_per_day", 0, LIMIT_MAX, &t->requests_per_day)))
+		return rc;
+	json_t *models = json_object_get(obj, "models");
+	if (!models)
+		return 0;
+	size_t old = path_push_key(ld, "models");
+	if (!json_is_array(models))
+		return fail(ld, "expected an array of model ids");
+	if (!(t->model_allowed = calloc(c->num_models ? c->num_models : 1, 1)))
+		return fail_oom(ld);
+	size_t i;
+	json_t *v;
+	json_array_foreach (models, i, v) {
+		size_t item = path_push_index(ld, i);
+		if (!json_is_string(v))
+			return fail(ld, "expected a model id");
+		const char *name = json_string_value(v);
+		const struct sl_model_config *m = sl_config_find_model(c, name, strlen(name));
+		if (!m)
+			return fail(ld, "unknown model \"%s\"", name);
+		t->model_allowed[m - c->models] = 1;
+		path_pop(ld, item);
+	}
+	path_pop(ld, old);
+	return 0;
+}
+
+static int parse_tiers(struct loader *ld, json_t *root)
+{
+	struct sl_config *c = ld->config;
+	json_t *obj;
+	int rc = read_object(ld, root, "tiers", false, &obj);
+	if (rc || !obj || json_object_size(obj) == 0)
+		return rc;
+	size_t old = path_push_key(ld, "tiers");
+	if (json_object_size(obj) > 65535)
+		return fail(ld, "too many tiers (65535 at most)");
+	if (!(c->tiers = calloc(json_object_size(obj), sizeof(*c->tiers))))
+		return fail_oom(ld);
+	const char *name;
+	json_t *value;
+	json_object_foreach (obj, name, value) {
+		size_t item = path_push_key(ld, name);
+		struct sl_tier_config *t = &c->tiers[c->num_tiers++];
+		if (name[0] == '\0' || strlen(name) > 31)
+			return fail(ld, "a tier name has 1 to 31 characters");
+		for (const char *p = name; *p; p++)
+			if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == ',')
+				return fail(ld, "a tier name has no spaces, commas or control characters");
+		if (!(t->name = dup_string(name)))
+			return fail_oom(ld);
+		if ((rc = parse_tier(ld, value, t)))
+			return rc;
+		path_pop(ld, item);
+	}
+	path_pop(ld, old);
+	return 0;
+}
+
+const struct sl_tier_config *sl_config_find_tier(const struct sl_config *config, const char *name)
+{
+	for (uint32_t i = 0; i < config->num_tiers; i++)
+		if (strcmp(config->tiers[i].name, name) == 0)
+			return &config->tiers[i];
+	return NULL;
+}
+
 static void set_defaults(struct sl_config *c)
 {
 	struct sl_limits_config *l = &c->limits;
@@ -1393,15 +1551,26 @@ static void set_defaults(struct sl_config *c)
 	l->keepalive_timeout_ms = 75000;
 	l->send_timeout_ms = 60000;
 	c->threads = 0;
+	c->auth.required = true;
+	c->auth.ip_block_failures = 50;
+	c->auth.ip_block_seconds = 300;
+	c->auth.ip_table_entries = 65536;
+	c->rate.window_ms = 60000;
+	c->rate.reconcile_ms = 50;
+	c->rate.daily_reset_hour_utc = 0;
+	c->rate.keys_max = 1000000;
+	c->rate.active_keys_max = 65536;
+	c->rate.max_tokens_estimate_max = 4096;
+	c->rate.state_save_ms = 1000;
 }
 
 static int load_tree(struct loader *ld, json_t *root)
 {
 	static const char *const keys[] = { "listen", "admin", "data_dir", "threads", "limits",
-		                            "timeouts", "providers", "models", "tiers", NULL };
+		                            "timeouts", "providers", "models", "tiers", "auth",
+		                            "rate_limits", NULL };
 	struct sl_config *c = ld->config;
 	const char *data_dir;
-	json_t *tiers;
 	int rc;
 
 	if (!json_is_object(root))
@@ -1411,13 +1580,11 @@ static int load_tree(struct loader *ld, json_t *root)
 	    (rc = read_string(ld, root, "data_dir", STR_NONEMPTY | STR_NO_CTL, &data_dir)) ||
 	    (rc = read_u32(ld, root, "threads", 0, THREADS_MAX, &c->threads)) ||
 	    (rc = parse_limits(ld, root)) || (rc = parse_providers(ld, root)) ||
-	    (rc = parse_models(ld, root)))
+	    (rc = parse_models(ld, root)) || (rc = parse_auth(ld, root)) ||
+	    (rc = parse_rate(ld, root)) || (rc = parse_tiers(ld, root)))
 		return rc;
-	if (!(c->data_dir = dup_string(data_dir ? data_dir : "./data")))
+	if (!(c->data_dir = dup_string(data_dir ? data_dir : "data")))
 		return fail_oom(ld);
-	/* Tiers are defined by a later issue; only their shape is checked. */
-	if ((rc = read_object(ld, root, "tiers", false, &tiers)))
-		return rc;
 	return build_models_json(ld);
 }
 
@@ -1517,6 +1684,27 @@ int sl_config_load_file(const char *path, struct sl_config **out, char *err, siz
 	}
 	rc = sl_config_load_string(text, len, path, out, err, err_len);
 	free(text);
+	if (rc == 0 && (*out)->data_dir[0] != '/') {
+		/* a relative data_dir (the default "data" too) lives beside the
+		 * config file, wherever the process was started */
+		const char *slash = strrchr(path, '/');
+		if (slash) {
+			size_t dir_len = (size_t)(slash - path);
+			const char *rel = (*out)->data_dir;
+			if (rel[0] == '.' && rel[1] == '/')
+				rel += 2;
+			size_t n = dir_len + 1 + strlen(rel) + 1;
+			char *joined = malloc(n);
+			if (!joined) {
+				sl_config_free(*out);
+				*out = NULL;
+				return fail_oom(&(struct loader){ .err = err, .err_len = err_len });
+			}
+			snprintf(joined, n, "%.*s/%s", (int)dir_len, path, rel);
+			free((*out)->data_dir);
+			(*out)->data_dir = joined;
+		}
+	}
 	return rc;
 }
 
@@ -1552,6 +1740,11 @@ void sl_config_free(struct sl_config *config)
 		free(p->anthropic_version);
 	}
 	free(config->providers);
+	for (uint32_t i = 0; i < config->num_tiers; i++) {
+		free(config->tiers[i].name);
+		free(config->tiers[i].model_allowed);
+	}
+	free(config->tiers);
 	for (uint32_t i = 0; i < config->num_models; i++) {
 		struct sl_model_config *m = &config->models[i];
 		free(m->id);

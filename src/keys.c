@@ -189,9 +189,13 @@ static bool valid_record(const struct sl_key *k)
 
 static int record_format(const struct sl_key *k, char *buf, size_t buf_len)
 {
+	static const char digits[] = "0123456789abcdef";
 	char hex[SL_KEY_HASH_LEN * 2 + 1];
-	for (int i = 0; i < SL_KEY_HASH_LEN; i++)
-		snprintf(hex + 2 * i, 3, "%02x", k->hash[i]);
+	for (int i = 0; i < SL_KEY_HASH_LEN; i++) {
+		hex[2 * i] = digits[k->hash[i] >> 4];
+		hex[2 * i + 1] = digits[k->hash[i] & 15];
+	}
+	hex[SL_KEY_HASH_LEN * 2] = 0;
 	int n = snprintf(buf, buf_len, "v1\t%s\t%d\t%" PRId64 "\t%" PRId64 "\t%" PRId64 "\t%s\t%s\t%s\t%s\t%s",
 	                 k->id, (int)k->status, k->balance_micro_usd, k->created_unix_s, k->last_used_unix_s,
 	                 hex, k->tier, k->parent, k->models, k->name);
@@ -219,6 +223,19 @@ static bool copy_field(char *dst, size_t dst_len, const char *src)
 		return false;
 	memcpy(dst, src, len + 1);
 	return true;
+}
+
+/* The value of one lowercase or uppercase hex digit, or -1. (A loop of
+ * sscanf("%2x") made loading a million keys take seconds.) */
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
 }
 
 /* Parses one payload into *k. Returns false for anything malformed. */
@@ -255,22 +272,85 @@ static bool record_parse(const uint8_t *payload, size_t len, struct sl_key *k)
 		return false;
 	k->status = (enum sl_key_status)status;
 	for (int i = 0; i < SL_KEY_HASH_LEN; i++) {
-		unsigned v;
-		if (sscanf(fields[6] + 2 * i, "%2x", &v) != 1)
+		int hi = hex_value(fields[6][2 * i]), lo = hex_value(fields[6][2 * i + 1]);
+		if (hi < 0 || lo < 0)
 			return false;
-		k->hash[i] = (uint8_t)v;
+		k->hash[i] = (uint8_t)(hi << 4 | lo);
 	}
 	return valid_record(k);
 }
 
 /* --- the in-memory table ------------------------------------------------------------ */
 
+/* FNV-1a of the id: ids from files are random hex, ids from the command line
+ * are whatever the operator typed; either way the index stays short. */
+static uint64_t id_hash(const char *id)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (; *id; id++)
+		h = (h ^ (uint8_t)*id) * 0x100000001b3ull;
+	return h ^ (h >> 29);
+}
+
 static struct sl_key *find_mut(const struct sl_keystore *ks, const char *id)
 {
-	for (uint32_t i = 0; i < ks->num_keys; i++)
-		if (strcmp(ks->keys[i].id, id) == 0)
-			return &ks->keys[i];
-	return NULL;
+	if (!ks->id_index)
+		return NULL;
+	for (uint32_t i = (uint32_t)id_hash(id) & ks->id_index_mask;; i = (i + 1) & ks->id_index_mask) {
+		uint32_t pos = ks->id_index[i];
+		if (pos == 0)
+			return NULL;
+		if (strcmp(ks->keys[pos - 1].id, id) == 0)
+			return &ks->keys[pos - 1];
+	}
+}
+
+static void index_insert(struct sl_keystore *ks, uint32_t pos)
+{
+	uint32_t i = (uint32_t)id_hash(ks->keys[pos].id) & ks->id_index_mask;
+	while (ks->id_index[i])
+		i = (i + 1) & ks->id_index_mask;
+	ks->id_index[i] = pos + 1;
+}
+
+/* Rebuilds the id index for keys[0..num_keys) with room for keys_cap keys at
+ * a load factor of at most 1/2. */
+static int index_rebuild(struct sl_keystore *ks)
+{
+	uint32_t cap = 16;
+	while (cap < 2 * ks->keys_cap)
+		cap *= 2;
+	uint32_t *index = calloc(cap, sizeof(*index));
+	if (!index)
+		return -ENOMEM;
+	free(ks->id_index);
+	ks->id_index = index;
+	ks->id_index_mask = cap - 1;
+	for (uint32_t pos = 0; pos < ks->num_keys; pos++)
+		index_insert(ks, pos);
+	return 0;
+}
+
+/* Makes room for extra more keys (table and index). */
+static int reserve(struct sl_keystore *ks, uint32_t extra)
+{
+	if (extra > SL_KEYS_NUM_MAX || ks->num_keys > SL_KEYS_NUM_MAX - extra)
+		return -ENOSPC;
+	uint32_t need = ks->num_keys + extra;
+	if (need > ks->keys_cap) {
+		uint32_t cap = ks->keys_cap ? ks->keys_cap : 64;
+		while (cap < need)
+			cap *= 2;
+		struct sl_key *keys = realloc(ks->keys, (size_t)cap * sizeof(*keys));
+		if (!keys)
+			return -ENOMEM;
+		ks->keys = keys;
+		ks->keys_cap = cap;
+	}
+	/* the index must stay at most half full, whatever happened before */
+	if (!ks->id_index || (ks->id_index_mask + 1) / 2 < need)
+		return index_rebuild(ks);
+	return 0;
 }
 
 static int upsert(struct sl_keystore *ks, const struct sl_key *k)
@@ -280,17 +360,11 @@ static int upsert(struct sl_keystore *ks, const struct sl_key *k)
 		*slot = *k;
 		return 0;
 	}
-	if (ks->num_keys == ks->keys_cap) {
-		if (ks->keys_cap >= SL_KEYS_NUM_MAX)
-			return -ENOSPC;
-		uint32_t cap = ks->keys_cap ? ks->keys_cap * 2 : 64;
-		struct sl_key *keys = realloc(ks->keys, (size_t)cap * sizeof(*keys));
-		if (!keys)
-			return -ENOMEM;
-		ks->keys = keys;
-		ks->keys_cap = cap;
-	}
-	ks->keys[ks->num_keys++] = *k;
+	int rc = reserve(ks, 1);
+	if (rc < 0)
+		return rc;
+	ks->keys[ks->num_keys] = *k;
+	index_insert(ks, ks->num_keys++);
 	return 0;
 }
 
@@ -307,18 +381,25 @@ static void key_hash(const struct sl_keystore *ks, const char *key, size_t key_l
 	SL_ASSERT(r && out_len == SL_KEY_HASH_LEN);
 }
 
-const struct sl_key *sl_keys_lookup(const struct sl_keystore *ks, const char *key, size_t key_len)
+/* The record whose stored hash is hash, or NULL. Every record is compared,
+ * in constant time, so the time taken does not depend on where (or
+ * whether) the hash matches. */
+static const struct sl_key *find_hash(const struct sl_keystore *ks, const uint8_t hash[SL_KEY_HASH_LEN])
 {
-	if (key_len != SL_KEY_TEXT_LEN)
-		return NULL;
-	uint8_t hash[SL_KEY_HASH_LEN];
-	key_hash(ks, key, key_len, hash);
 	const struct sl_key *found = NULL;
-	/* Every record is compared, in constant time, so the time taken does not
-	 * depend on where (or whether) the key matches. */
 	for (uint32_t i = 0; i < ks->num_keys; i++)
 		if (CRYPTO_memcmp(ks->keys[i].hash, hash, SL_KEY_HASH_LEN) == 0)
 			found = &ks->keys[i];
+	return found;
+}
+
+const struct sl_key *sl_keys_lookup(const struct sl_keystore *ks, const char *key, size_t key_len)
+{
+	if (key_len == 0 || key_len > SL_KEY_TEXT_LEN_MAX || !ks->has_secret)
+		return NULL;
+	uint8_t hash[SL_KEY_HASH_LEN];
+	key_hash(ks, key, key_len, hash);
+	const struct sl_key *found = find_hash(ks, hash);
 	OPENSSL_cleanse(hash, sizeof(hash));
 	return found;
 }
@@ -401,6 +482,7 @@ static int journal_append(struct sl_keystore *ks, const struct sl_key *k)
 /* Journals the new state of a key, then applies it in memory. */
 static int commit(struct sl_keystore *ks, const struct sl_key *k)
 {
+	SL_ASSERT(ks->journal_fd >= 0); /* not a read-only open */
 	SL_ASSERT(valid_record(k));
 	int rc = journal_append(ks, k);
 	if (rc < 0)
@@ -413,8 +495,12 @@ static int commit(struct sl_keystore *ks, const struct sl_key *k)
 	return 0;
 }
 
-int sl_keys_compact(struct sl_keystore *ks)
+/* sl_keys_compact; *out_renamed tells whether the new snapshot is in place
+ * (a later failure to truncate the journal loses nothing). */
+static int compact(struct sl_keystore *ks, bool *out_renamed)
 {
+	SL_ASSERT(ks->journal_fd >= 0); /* not a read-only open */
+	*out_renamed = false;
 	int fd = openat(ks->dir_fd, SNAPSHOT_TMP_NAME, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
@@ -430,6 +516,7 @@ int sl_keys_compact(struct sl_keystore *ks)
 	close(fd);
 	if (rc == 0 && renameat(ks->dir_fd, SNAPSHOT_TMP_NAME, ks->dir_fd, SNAPSHOT_NAME) < 0)
 		rc = -errno;
+	*out_renamed = rc == 0;
 	if (rc == 0 && fsync(ks->dir_fd) < 0)
 		rc = -errno;
 	if (rc < 0) {
@@ -444,9 +531,43 @@ int sl_keys_compact(struct sl_keystore *ks)
 	return 0;
 }
 
+int sl_keys_compact(struct sl_keystore *ks)
+{
+	bool renamed;
+	return compact(ks, &renamed);
+}
+
 /* --- open / close ----------------------------------------------------------------------- */
 
-static int load_secret(struct sl_keystore *ks)
+/* How long sl_keys_open waits for the lock; a test shortens it. */
+static int keys_lock_wait_ms = SL_KEYS_LOCK_WAIT_MS;
+
+/* Takes an exclusive flock on fd, retrying every 10 ms for up to wait_ms:
+ * another CLI command or a gateway reloading its table holds it only
+ * briefly. Polling (rather than a blocking flock) bounds the wait without a
+ * signal. -EWOULDBLOCK when still held after wait_ms. */
+static int lock_exclusive(int fd, int wait_ms)
+{
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return -errno;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t waited_ms = (int64_t)(now.tv_sec - start.tv_sec) * 1000 +
+		                    (now.tv_nsec - start.tv_nsec) / 1000000;
+		if (waited_ms >= wait_ms)
+			return -EWOULDBLOCK;
+		struct timespec pause = { 0, 10 * 1000 * 1000 };
+		nanosleep(&pause, NULL);
+	}
+}
+
+/* Reads the secret; creates it when absent and create is set (-ENOENT
+ * otherwise). */
+static int load_secret(struct sl_keystore *ks, bool create)
 {
 	uint8_t *buf;
 	size_t len;
@@ -457,9 +578,10 @@ static int load_secret(struct sl_keystore *ks)
 			memcpy(ks->secret, buf, SL_KEYS_SECRET_LEN);
 		OPENSSL_cleanse(buf, len);
 		free(buf);
+		ks->has_secret = ok;
 		return ok ? 0 : -EBADMSG;
 	}
-	if (rc != -ENOENT)
+	if (rc != -ENOENT || !create)
 		return rc;
 	/* First use: write to a temp file and rename, so a crash never leaves a
 	 * short secret behind. */
@@ -476,10 +598,14 @@ static int load_secret(struct sl_keystore *ks)
 		rc = -errno;
 	if (rc == 0 && fsync(ks->dir_fd) < 0)
 		rc = -errno;
+	ks->has_secret = rc == 0;
 	return rc;
 }
 
-static int load(struct sl_keystore *ks, struct sl_keys_load_report *report)
+/* Loads the snapshot and replays the journal into ks. A torn or corrupt
+ * journal tail is described in *report, and cut when cut_tail (the writer);
+ * a read-only load leaves the files alone. An absent journal is empty. */
+static int load(struct sl_keystore *ks, struct sl_keys_load_report *report, bool cut_tail)
 {
 	uint8_t *buf;
 	size_t len;
@@ -498,6 +624,8 @@ static int load(struct sl_keystore *ks, struct sl_keys_load_report *report)
 		return rc;
 	}
 	rc = read_file_at(ks->dir_fd, JOURNAL_NAME, &buf, &len);
+	if (rc == -ENOENT && !cut_tail)
+		return 0;
 	if (rc < 0)
 		return rc;
 	int64_t end = replay(ks, buf, len, &report->journal_records_num, &crc_bad, false);
@@ -509,7 +637,7 @@ static int load(struct sl_keystore *ks, struct sl_keys_load_report *report)
 		report->journal_cut_offset = (uint64_t)end;
 		report->journal_cut_bytes = len - (uint64_t)end;
 		report->journal_crc_mismatch = crc_bad;
-		if (ftruncate(ks->journal_fd, end) < 0 || fsync(ks->journal_fd) < 0)
+		if (cut_tail && (ftruncate(ks->journal_fd, end) < 0 || fsync(ks->journal_fd) < 0))
 			return -errno;
 	}
 	return 0;
@@ -531,20 +659,77 @@ int sl_keys_open(struct sl_keystore *ks, const char *data_dir, struct sl_keys_lo
 		goto fail;
 	}
 	ks->lock_fd = openat(ks->dir_fd, LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (ks->lock_fd < 0 || flock(ks->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+	if (ks->lock_fd < 0) {
 		rc = -errno;
 		goto fail;
 	}
+	if ((rc = lock_exclusive(ks->lock_fd, keys_lock_wait_ms)) < 0)
+		goto fail;
 	ks->journal_fd = openat(ks->dir_fd, JOURNAL_NAME, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (ks->journal_fd < 0) {
 		rc = -errno;
 		goto fail;
 	}
-	if ((rc = load_secret(ks)) < 0 || (rc = load(ks, report)) < 0)
+	if ((rc = load_secret(ks, true)) < 0 || (rc = load(ks, report, true)) < 0)
 		goto fail;
 	return 0;
 fail:
 	sl_keys_close(ks);
+	return rc;
+}
+
+int sl_keys_open_readonly(struct sl_keystore *ks, const char *data_dir,
+                          struct sl_keys_load_report *out_report)
+{
+	struct sl_keys_load_report report_local;
+	struct sl_keys_load_report *report = out_report ? out_report : &report_local;
+	memset(report, 0, sizeof(*report));
+	memset(ks, 0, sizeof(*ks));
+	ks->dir_fd = ks->lock_fd = ks->journal_fd = -1;
+	int rc = 0;
+	ks->dir_fd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ks->dir_fd < 0) {
+		rc = errno == ENOENT ? 0 : -errno; /* no store yet: empty */
+		goto done;
+	}
+	/* Every writer creates the lock file before anything else, so a missing
+	 * one means no writer ever ran here; it is created (empty) only when
+	 * there is a secret to read, e.g. a data directory copied without it. */
+	ks->lock_fd = openat(ks->dir_fd, LOCK_NAME, O_RDONLY | O_CLOEXEC);
+	if (ks->lock_fd < 0 && errno == ENOENT) {
+		if (faccessat(ks->dir_fd, SECRET_NAME, F_OK, 0) < 0) {
+			rc = errno == ENOENT ? 0 : -errno;
+			goto done;
+		}
+		ks->lock_fd = openat(ks->dir_fd, LOCK_NAME, O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+	}
+	if (ks->lock_fd < 0) {
+		rc = -errno;
+		goto done;
+	}
+	while (flock(ks->lock_fd, LOCK_SH) < 0) {
+		if (errno != EINTR) {
+			rc = -errno;
+			goto done;
+		}
+	}
+	rc = load_secret(ks, false);
+	if (rc == -ENOENT) {
+		rc = 0; /* the directory exists, no key was ever made */
+		goto done;
+	}
+	if (rc == 0)
+		rc = load(ks, report, false);
+done:
+	/* Release the lock at once: the table is in memory and a writer may be
+	 * waiting. The fds are not needed by a read-only store. */
+	if (ks->lock_fd >= 0)
+		close(ks->lock_fd);
+	if (ks->dir_fd >= 0)
+		close(ks->dir_fd);
+	ks->lock_fd = ks->dir_fd = -1;
+	if (rc < 0)
+		sl_keys_close(ks);
 	return rc;
 }
 
@@ -558,6 +743,7 @@ void sl_keys_close(struct sl_keystore *ks)
 		close(ks->dir_fd);
 	OPENSSL_cleanse(ks->secret, sizeof(ks->secret));
 	free(ks->keys);
+	free(ks->id_index);
 	memset(ks, 0, sizeof(*ks));
 	ks->dir_fd = ks->lock_fd = ks->journal_fd = -1;
 }
@@ -583,11 +769,13 @@ static int random_base62(char *out, size_t len)
 	return 0;
 }
 
-int sl_keys_create(struct sl_keystore *ks, const char *name, const char *tier, const char *models,
-                   const char *parent, char out_key[SL_KEY_TEXT_LEN + 1], struct sl_key *out)
+/* Fills a new active record with a fresh random id and the given fields (no
+ * hash yet). Returns 0, -EINVAL for a bad field, -ENOENT for an unknown
+ * parent, -EIO when the random generator fails. */
+static int new_record(const struct sl_keystore *ks, const char *name, const char *tier, const char *models,
+                      const char *parent, struct sl_key *k)
 {
-	struct sl_key k;
-	memset(&k, 0, sizeof(k));
+	memset(k, 0, sizeof(*k));
 	models = models ? models : "";
 	parent = parent ? parent : "";
 	if (!name || !tier || !printable(name, SL_KEY_NAME_LEN_MAX, false, true) || !valid_tier(tier) ||
@@ -595,26 +783,41 @@ int sl_keys_create(struct sl_keystore *ks, const char *name, const char *tier, c
 		return -EINVAL;
 	if (parent[0] && !find_mut(ks, parent))
 		return -ENOENT;
-	strcpy(k.name, name);
-	strcpy(k.tier, tier);
-	strcpy(k.models, models);
-	strcpy(k.parent, parent);
-	k.status = SL_KEY_ACTIVE;
-	k.created_unix_s = (int64_t)time(NULL);
+	strcpy(k->name, name);
+	strcpy(k->tier, tier);
+	strcpy(k->models, models);
+	strcpy(k->parent, parent);
+	k->status = SL_KEY_ACTIVE;
+	k->created_unix_s = (int64_t)time(NULL);
 	do {
 		uint8_t id_bytes[6];
 		if (!RAND_bytes(id_bytes, sizeof(id_bytes)))
 			return -EIO;
-		snprintf(k.id, sizeof(k.id), "key_%02x%02x%02x%02x%02x%02x", id_bytes[0], id_bytes[1],
+		snprintf(k->id, sizeof(k->id), "key_%02x%02x%02x%02x%02x%02x", id_bytes[0], id_bytes[1],
 		         id_bytes[2], id_bytes[3], id_bytes[4], id_bytes[5]);
-	} while (find_mut(ks, k.id));
+	} while (find_mut(ks, k->id));
+	return 0;
+}
 
-	char key[SL_KEY_TEXT_LEN + 1];
+/* Writes a new random key text to key[0..SL_KEY_TEXT_LEN] (NUL-terminated). */
+static int random_key(char key[SL_KEY_TEXT_LEN + 1])
+{
 	memcpy(key, SL_KEY_PREFIX, sizeof(SL_KEY_PREFIX) - 1);
 	int rc = random_base62(key + sizeof(SL_KEY_PREFIX) - 1, SL_KEY_RANDOM_LEN);
+	key[SL_KEY_TEXT_LEN] = 0;
+	return rc;
+}
+
+int sl_keys_create(struct sl_keystore *ks, const char *name, const char *tier, const char *models,
+                   const char *parent, char out_key[SL_KEY_TEXT_LEN + 1], struct sl_key *out)
+{
+	struct sl_key k;
+	int rc = new_record(ks, name, tier, models, parent, &k);
 	if (rc < 0)
 		return rc;
-	key[SL_KEY_TEXT_LEN] = 0;
+	char key[SL_KEY_TEXT_LEN + 1];
+	if ((rc = random_key(key)) < 0)
+		return rc;
 	key_hash(ks, key, SL_KEY_TEXT_LEN, k.hash);
 	rc = commit(ks, &k);
 	if (rc == 0) {
@@ -623,6 +826,64 @@ int sl_keys_create(struct sl_keystore *ks, const char *name, const char *tier, c
 			*out = k;
 	}
 	OPENSSL_cleanse(key, sizeof(key));
+	return rc;
+}
+
+int sl_keys_import(struct sl_keystore *ks, const char *key, size_t key_len, const char *name,
+                   const char *tier, const char *models, const char *parent, struct sl_key *out)
+{
+	if (key_len < SL_KEY_IMPORT_LEN_MIN || key_len > SL_KEY_TEXT_LEN_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < key_len; i++)
+		if ((unsigned char)key[i] <= ' ' || (unsigned char)key[i] > 0x7e)
+			return -EINVAL;
+	struct sl_key k;
+	int rc = new_record(ks, name, tier, models, parent, &k);
+	if (rc < 0)
+		return rc;
+	key_hash(ks, key, key_len, k.hash);
+	if (find_hash(ks, k.hash))
+		rc = -EEXIST;
+	else
+		rc = commit(ks, &k);
+	if (rc == 0 && out)
+		*out = k;
+	OPENSSL_cleanse(k.hash, sizeof(k.hash));
+	return rc;
+}
+
+int sl_keys_create_many(struct sl_keystore *ks, uint32_t num, const char *name, const char *tier,
+                        const char *models, char *out_keys, char *out_ids)
+{
+	SL_ASSERT(ks->journal_fd >= 0); /* not a read-only open */
+	int rc = reserve(ks, num);
+	if (rc < 0)
+		return rc;
+	uint32_t num_before = ks->num_keys;
+	for (uint32_t i = 0; i < num && rc == 0; i++) {
+		struct sl_key k;
+		char *key = out_keys + (size_t)i * (SL_KEY_TEXT_LEN + 1);
+		if ((rc = new_record(ks, name, tier, models, NULL, &k)) < 0 || (rc = random_key(key)) < 0)
+			break;
+		key_hash(ks, key, SL_KEY_TEXT_LEN, k.hash);
+		rc = upsert(ks, &k); /* room reserved: cannot fail */
+		if (out_ids && rc == 0)
+			memcpy(out_ids + (size_t)i * (SL_KEY_ID_LEN + 1), k.id, SL_KEY_ID_LEN + 1);
+	}
+	/* One snapshot holds every key, or (on failure) the old snapshot and
+	 * journal stay as they were. */
+	bool renamed = false;
+	if (rc == 0)
+		rc = compact(ks, &renamed);
+	if (renamed)
+		rc = 0; /* on disk; a journal left untruncated replays harmlessly */
+	if (rc < 0) {
+		ks->num_keys = num_before;
+		memset(ks->id_index, 0, ((size_t)ks->id_index_mask + 1) * sizeof(*ks->id_index));
+		for (uint32_t pos = 0; pos < ks->num_keys; pos++)
+			index_insert(ks, pos);
+		OPENSSL_cleanse(out_keys, (size_t)num * (SL_KEY_TEXT_LEN + 1));
+	}
 	return rc;
 }
 

@@ -1,10 +1,12 @@
 /*
- * keys_cli.c - `sluice keys create|list|show|update|revoke|topup`.
+ * keys_cli.c - `sluice keys create|import|list|show|update|revoke|topup`.
  *
  * Output: human-readable lines, or one JSON value with --json. The only
  * output that ever contains key material is create's key (shown once); the
- * install secret and the stored hashes are never printed. Exit status 0 on
- * success, 1 with a message on stderr otherwise, 2 for a usage error.
+ * install secret and the stored hashes are never printed. import reads the
+ * key text from stdin (never argv, which any user sees in ps) and prints
+ * only the new id. Exit status 0 on success, 1 with a message on stderr
+ * otherwise, 2 for a usage error.
  */
 #include "sluice/config.h"
 #include "sluice/keys.h"
@@ -13,6 +15,10 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <openssl/mem.h>
 
 struct cli_opts {
 	const char *data_dir;
@@ -27,12 +33,19 @@ struct cli_opts {
 static void usage(FILE *f)
 {
 	fputs("usage: sluice keys create --name NAME --tier TIER [--models a,b] [--parent ID]\n"
+	      "       sluice keys import --name NAME --tier TIER [--models a,b] [--parent ID] < KEYFILE\n"
 	      "       sluice keys list\n"
 	      "       sluice keys show ID\n"
 	      "       sluice keys update ID [--name NAME] [--tier TIER] [--models a,b]\n"
 	      "       sluice keys revoke ID\n"
 	      "       sluice keys topup ID AMOUNT_USD\n"
-	      "options for all: [--data-dir DIR | -c CONFIG] [--json]\n",
+	      "options for all: [--data-dir DIR | -c CONFIG] [--json]\n"
+	      "\n"
+	      "create makes a new key and prints it once; only its HMAC is stored.\n"
+	      "import stores an existing key (e.g. migrated from another gateway) read\n"
+	      "as one line from stdin, never from the command line: 20..256 printable\n"
+	      "ASCII characters, no spaces. It prints the new key id, never the key;\n"
+	      "a key already in the store is refused.\n",
 	      f);
 }
 
@@ -110,12 +123,81 @@ static const char *errno_text(int rc)
 	case ERANGE:
 		return "amount out of range";
 	case EWOULDBLOCK:
-		return "the data directory is locked by another sluice process";
+		return "the data directory stayed locked by another sluice process for 10 s";
 	case EBADMSG:
 		return "the key snapshot or secret is corrupt";
+	case EEXIST:
+		return "this key is already in the store";
 	default:
 		return strerror(-rc);
 	}
+}
+
+/* Reads the key to import: one line from stdin, the trailing newline (or
+ * CRLF) stripped. On a terminal it prompts on stderr and turns echo off.
+ * Returns the length, or -1 with a message (empty input, more than one
+ * line, longer than SL_KEY_TEXT_LEN_MAX). buf must hold
+ * SL_KEY_TEXT_LEN_MAX + 3 bytes. */
+static ssize_t read_import_key(char *buf, size_t buf_len)
+{
+	struct termios saved;
+	bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+	if (tty) {
+		struct termios quiet = saved;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+		fputs("key to import (not echoed): ", stderr);
+	}
+	/* read(2), not stdio: no copy of the key left in a FILE buffer */
+	size_t len = 0;
+	bool too_long = false;
+	while (len < buf_len - 1) {
+		ssize_t n = read(STDIN_FILENO, buf + len, buf_len - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (tty && memchr(buf + len - n, '\n', (size_t)n))
+			break; /* a terminal gives one line per read */
+	}
+	if (len == buf_len - 1) { /* full: too long unless that was all */
+		char extra;
+		too_long = tty ? !memchr(buf, '\n', len) : read(STDIN_FILENO, &extra, 1) > 0;
+	}
+	if (tty) {
+		(void)tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+		fputc('\n', stderr);
+	}
+	buf[len] = 0;
+	if (len && buf[len - 1] == '\n')
+		buf[--len] = 0;
+	if (len && buf[len - 1] == '\r')
+		buf[--len] = 0;
+	if (too_long || len > SL_KEY_TEXT_LEN_MAX) {
+		fprintf(stderr, "sluice keys import: the key is longer than %d characters\n", SL_KEY_TEXT_LEN_MAX);
+		return -1;
+	}
+	if (len == 0) {
+		fprintf(stderr, "sluice keys import: no key on stdin\n");
+		return -1;
+	}
+	if (memchr(buf, '\n', len)) {
+		fprintf(stderr, "sluice keys import: expected one line on stdin\n");
+		return -1;
+	}
+	if (len < SL_KEY_IMPORT_LEN_MIN) {
+		fprintf(stderr, "sluice keys import: the key is shorter than %d characters\n",
+		        SL_KEY_IMPORT_LEN_MIN);
+		return -1;
+	}
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)buf[i] <= ' ' || (unsigned char)buf[i] > 0x7e) {
+			fprintf(stderr, "sluice keys import: the key must be printable ASCII without spaces "
+			                "(character %zu is not)\n", i + 1);
+			return -1;
+		}
+	return (ssize_t)len;
 }
 
 /* Resolves the data directory: --data-dir, else the config's data_dir, else
@@ -174,7 +256,7 @@ int sl_keys_main(int argc, char **argv)
 
 	int want_args;
 	bool takes_fields = false;
-	if (strcmp(sub, "create") == 0)
+	if (strcmp(sub, "create") == 0 || strcmp(sub, "import") == 0)
 		want_args = 0, takes_fields = true;
 	else if (strcmp(sub, "list") == 0)
 		want_args = 0;
@@ -201,9 +283,17 @@ int sl_keys_main(int argc, char **argv)
 		fprintf(stderr, "sluice keys update: the parent cannot be changed\n");
 		return 2;
 	}
-	if (strcmp(sub, "create") == 0 && (!o.name || !o.tier)) {
-		fprintf(stderr, "sluice keys create: --name and --tier are required\n");
+	if ((strcmp(sub, "create") == 0 || strcmp(sub, "import") == 0) && (!o.name || !o.tier)) {
+		fprintf(stderr, "sluice keys %s: --name and --tier are required\n", sub);
 		return 2;
+	}
+	/* the key is read before the store is opened: the lock is not held
+	 * while an operator pastes */
+	char import_key[SL_KEY_TEXT_LEN_MAX + 3];
+	ssize_t import_key_len = 0;
+	if (strcmp(sub, "import") == 0 && (import_key_len = read_import_key(import_key, sizeof(import_key))) < 0) {
+		OPENSSL_cleanse(import_key, sizeof(import_key));
+		return 1;
 	}
 	int64_t amount = 0;
 	if (strcmp(sub, "topup") == 0) {
@@ -218,14 +308,17 @@ int sl_keys_main(int argc, char **argv)
 	}
 
 	struct sl_config *config;
-	if (resolve_data_dir(&o, &config) < 0)
+	if (resolve_data_dir(&o, &config) < 0) {
+		OPENSSL_cleanse(import_key, sizeof(import_key));
 		return 1;
+	}
 	struct sl_keystore ks;
 	struct sl_keys_load_report report;
 	int rc = sl_keys_open(&ks, o.data_dir, &report);
 	if (rc < 0) {
 		fprintf(stderr, "sluice keys: cannot open data directory %s: %s\n", o.data_dir, errno_text(rc));
 		sl_config_free(config);
+		OPENSSL_cleanse(import_key, sizeof(import_key));
 		return 1;
 	}
 	if (report.journal_cut_bytes)
@@ -247,7 +340,20 @@ int sl_keys_main(int argc, char **argv)
 				printf("%s\n", key);
 				fprintf(stderr, "created %s (the key is shown only once)\n", rec.id);
 			}
-			memset(key, 0, sizeof(key));
+			OPENSSL_cleanse(key, sizeof(key));
+		}
+	} else if (strcmp(sub, "import") == 0) {
+		struct sl_key rec;
+		rc = sl_keys_import(&ks, import_key, (size_t)import_key_len, o.name, o.tier, o.models, o.parent,
+		                    &rec);
+		OPENSSL_cleanse(import_key, sizeof(import_key));
+		if (rc == 0) {
+			if (o.json) {
+				print_key_json(&rec, NULL);
+				putchar('\n');
+			} else {
+				printf("%s\n", rec.id);
+			}
 		}
 	} else if (strcmp(sub, "list") == 0) {
 		if (o.json)

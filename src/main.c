@@ -5,6 +5,7 @@
  * waits for signals: SIGTERM/SIGINT drain in-flight exchanges and exit 0.
  */
 #include "sluice/config.h"
+#include "sluice/gate.h"
 #include "sluice/keys.h"
 #include "sluice/reactor.h"
 
@@ -28,7 +29,7 @@ static void usage(FILE *out)
 {
 	fputs("usage: sluice serve [-c FILE] [--threads N]\n"
 	      "       sluice check-config -c FILE\n"
-	      "       sluice keys create|list|show|update|revoke|topup ... (sluice keys --help)\n"
+	      "       sluice keys create|import|list|show|update|revoke|topup ... (sluice keys --help)\n"
 	      "       sluice version\n"
 	      "\n"
 	      "serve without -c runs the embedded demo config: it listens on\n"
@@ -167,6 +168,16 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	sigaddset(&sigs, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
+	struct sl_gate *gate = NULL;
+	int grc = sl_gate_create(cfg, n, &gate, err, sizeof err);
+	if (grc) {
+		fprintf(stderr, "sluice: %s\n", err[0] ? err : strerror(-grc));
+		return 1;
+	}
+	if (!cfg->auth.required)
+		fprintf(stderr, "sluice: WARNING: auth mode is \"none\": every request is served "
+		                "without a client key and without limits\n");
+
 	uint32_t id_prefix = 0;
 	RAND_bytes((uint8_t *)&id_prefix, sizeof id_prefix);
 	struct sl_reactor *reactors = calloc(n, sizeof *reactors);
@@ -184,6 +195,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 			return 1;
 		}
 		reactors[i].id_prefix = id_prefix;
+		reactors[i].gate = gate;
 	}
 	free(fds);
 	for (uint32_t i = 0; i < n; i++)
@@ -198,6 +210,10 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		fprintf(stderr, "sluice: cannot start: io_uring: %s\n", strerror(-start_err));
 		return 1;
 	}
+	if ((grc = sl_gate_start(gate))) {
+		fprintf(stderr, "sluice: cannot start the rate-limit reconciler: %s\n", strerror(-grc));
+		return 1;
+	}
 	fprintf(stderr, "sluice: %u reactor%s, config %s\n", n, n == 1 ? "" : "s", cfg->origin);
 	fprintf(stderr, "sluice: ready on %s\n", first_addr);
 
@@ -206,8 +222,11 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		sigwait(&sigs, &sig);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
-		if (sig == SIGHUP)
-			fprintf(stderr, "sluice: SIGHUP: configuration reload is not supported yet\n");
+		if (sig == SIGHUP) {
+			char msg[320];
+			sl_gate_reload_keys(gate, reactors, n, msg, sizeof msg);
+			fprintf(stderr, "sluice: SIGHUP: %s\n", msg);
+		}
 	}
 	fprintf(stderr, "sluice: shutting down: draining in-flight requests\n");
 	for (uint32_t i = 0; i < n; i++) {
@@ -219,6 +238,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		sl_reactor_destroy(&reactors[i]);
 	}
 	free(reactors);
+	sl_gate_free(gate); /* stops the reconciler; writes limits.state */
 	fprintf(stderr, "sluice: stopped\n");
 	return 0;
 }
@@ -227,15 +247,20 @@ static void print_demo_hint(const struct sl_config *cfg)
 {
 	char addr[80];
 	format_addr(&cfg->listeners[0].addr, addr, sizeof addr);
+	const char *key = getenv("SLUICE_DEMO_KEY");
+	if (!key || !*key)
+		key = "$KEY";
 	fprintf(stderr,
 	        "sluice: running the embedded demo config (start the mock with build/sluice-mock)\n"
-	        "  curl -s http://%s/v1/models\n"
-	        "  curl -s http://%s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+	        "  (a key: build/sluice keys create --name me --tier pro --data-dir ./data)\n"
+	        "  curl -s http://%s/v1/models -H 'Authorization: Bearer %s'\n"
+	        "  curl -s http://%s/v1/chat/completions -H 'Authorization: Bearer %s' \\\n"
+	        "       -H 'Content-Type: application/json' \\\n"
 	        "       -d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n"
-	        "  curl -sN http://%s/v1/messages -H 'Content-Type: application/json' \\\n"
+	        "  curl -sN http://%s/v1/messages -H 'x-api-key: %s' -H 'Content-Type: application/json' \\\n"
 	        "       -d '{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,\"stream\":true,"
 	        "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'\n",
-	        addr, addr, addr);
+	        addr, key, addr, key, addr, key);
 }
 
 int main(int argc, char **argv)

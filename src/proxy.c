@@ -15,6 +15,9 @@
  * upstream recv: backpressure, not memory growth.
  */
 #include "sluice/convert.h"
+#include "sluice/gate.h"
+#include "sluice/ipblock.h"
+#include "sluice/json.h"
 #include "sluice/reactor.h"
 
 #include <arpa/inet.h>
@@ -190,6 +193,14 @@ static bool is_hop_or_owned(const struct sl_http_header *h)
 	}
 }
 
+/* The provider's own rate-limit headers describe the operator's upstream
+ * key, not the client's: they are replaced by the gateway's. */
+static bool is_provider_limit(const struct sl_http_header *h)
+{
+	return (h->name_len > 12 && sl_ascii_ieq(h->name, "x-ratelimit-", 12)) ||
+	       (h->name_len > 20 && sl_ascii_ieq(h->name, "anthropic-ratelimit-", 20));
+}
+
 /* Collects the field names listed in Connection headers: they are hop-by-hop
  * too. At most SL_ARRAY_LEN(out) are honoured; the rest are ignored. */
 static size_t connection_tokens(const struct sl_http_header *hs, size_t n, struct sl_str *out,
@@ -263,6 +274,72 @@ static void client_send_timer(struct sl_reactor *r, struct sl_conn *c)
 		sl_timer_cancel(&c->timer);
 }
 
+static void exchange_fail(struct sl_reactor *r, struct sl_conn *c, unsigned status,
+                          const char *type, const char *message, const char *extra_headers);
+static void limits_peek(struct sl_reactor *r, struct sl_conn *c);
+static void limits_finish(struct sl_reactor *r, struct sl_conn *c);
+
+/* --- rate-limit headers -------------------------------------------------------------- */
+
+/* The RFC 3339 text of a reset time, cached per reactor: it changes once per
+ * window, and gmtime costs more than the rest of the headers. */
+static const char *reset_text(struct sl_reactor *r, uint64_t unix_ms)
+{
+	if (r->reset_text_ms != unix_ms) {
+		sl_gate_format_rfc3339(unix_ms, r->reset_text);
+		r->reset_text_ms = unix_ms;
+	}
+	return r->reset_text;
+}
+
+/* Writes the rate-limit headers of SPEC section 1 for the key of the
+ * exchange: the tier, and each limit the tier sets (an unlimited dimension
+ * has no header). Bounded: at most LIMIT_HEADERS_BYTES_MAX bytes. */
+#define LIMIT_HEADERS_BYTES_MAX 640
+static void w_limit_headers(struct sl_reactor *r, struct wbuf *w, const struct sl_conn *c)
+{
+	if (!c->cx.has_report || !c->cx.key.valid)
+		return;
+	const struct sl_limit_report *rep = &c->cx.report;
+	W_LIT(w, "x-ratelimit-tier: ");
+	w_str(w, r->config->tiers[c->cx.key.tier].name);
+	W_LIT(w, "\r\n");
+	if (rep->requests_limit) {
+		W_LIT(w, "x-ratelimit-limit-requests: ");
+		w_u64(w, rep->requests_limit);
+		W_LIT(w, "\r\nx-ratelimit-remaining-requests: ");
+		w_u64(w, rep->requests_remaining);
+		W_LIT(w, "\r\nx-ratelimit-reset-requests: ");
+		w_str(w, reset_text(r, rep->requests_reset_unix_ms));
+		W_LIT(w, "\r\n");
+	}
+	if (rep->tokens_limit) {
+		W_LIT(w, "x-ratelimit-limit-tokens: ");
+		w_u64(w, rep->tokens_limit);
+		W_LIT(w, "\r\nx-ratelimit-remaining-tokens: ");
+		w_u64(w, rep->tokens_remaining);
+		W_LIT(w, "\r\n");
+	}
+	if (rep->concurrent_limit) {
+		W_LIT(w, "x-concurrent-limit: ");
+		w_u64(w, rep->concurrent_limit);
+		W_LIT(w, "\r\nx-concurrent-remaining: ");
+		w_u64(w, rep->concurrent_remaining);
+		W_LIT(w, "\r\n");
+	}
+	if (rep->daily_limit) {
+		char day[21];
+		sl_gate_format_rfc3339(rep->daily_reset_unix_ms, day);
+		W_LIT(w, "x-ratelimit-limit-requests-day: ");
+		w_u64(w, rep->daily_limit);
+		W_LIT(w, "\r\nx-ratelimit-remaining-requests-day: ");
+		w_u64(w, rep->daily_remaining);
+		W_LIT(w, "\r\nx-ratelimit-reset-requests-day: ");
+		w_str(w, day);
+		W_LIT(w, "\r\n");
+	}
+}
+
 /* --- error responses ---------------------------------------------------------------- */
 
 static const char *error_type_for(unsigned status)
@@ -305,8 +382,10 @@ static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned stat
 	SL_ASSERT(!c->cx.response_started);
 	if (!type)
 		type = error_type_for(status);
+	if (c->cx.key.valid && !c->cx.has_report)
+		limits_peek(r, c); /* an authenticated error still reports the limits */
 	size_t cap;
-	char *block = sl_bufpool_get(&r->mem, 2048, &cap);
+	char *block = sl_bufpool_get(&r->mem, 2048 + LIMIT_HEADERS_BYTES_MAX, &cap);
 	if (!block) {
 		sl_conn_close(r, c);
 		return;
@@ -328,6 +407,7 @@ static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned stat
 		w_str(&w, c->cx.request_id);
 	}
 	W_LIT(&w, "\r\n");
+	w_limit_headers(r, &w, c);
 	if (extra_headers)
 		w_str(&w, extra_headers);
 	if (close_after)
@@ -421,7 +501,7 @@ static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *c
                           const char *body, size_t body_len, bool head_only)
 {
 	size_t cap;
-	char *block = sl_bufpool_get(&r->mem, 512, &cap);
+	char *block = sl_bufpool_get(&r->mem, 512 + LIMIT_HEADERS_BYTES_MAX, &cap);
 	if (!block) {
 		sl_conn_close(r, c);
 		return;
@@ -433,9 +513,11 @@ static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *c
 	w_u64(&w, body_len);
 	W_LIT(&w, "\r\nx-request-id: ");
 	w_str(&w, c->cx.request_id);
+	W_LIT(&w, "\r\n");
+	w_limit_headers(r, &w, c);
 	if (!c->keep_alive)
-		W_LIT(&w, "\r\nConnection: close");
-	W_LIT(&w, "\r\n\r\n");
+		W_LIT(&w, "Connection: close\r\n");
+	W_LIT(&w, "\r\n");
 	SL_ASSERT(!w.overflow);
 	bool ok = push_response_head(r, c, block, cap, w.len);
 	if (ok && !head_only)
@@ -453,6 +535,8 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
                         bool head_only)
 {
 	const struct sl_config *cfg = r->config;
+	if (m->route != SL_ROUTE_HEALTH)
+		limits_peek(r, c);
 	if (m->route == SL_ROUTE_HEALTH) {
 		respond_local(r, c, "text/plain", "ok\n", 3, head_only);
 	} else if (m->route == SL_ROUTE_MODELS) {
@@ -475,6 +559,7 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
 /* The exchange of c ended (answered locally, by an error, or relayed). */
 static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 {
+	limits_finish(r, c);
 	if (c->state == SL_CLIENT_EXCHANGE)
 		r->num_exchanges--;
 	c->state = SL_CLIENT_FLUSH;
@@ -483,6 +568,285 @@ static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 	if (r->stopping)
 		c->keep_alive = false;
 	sl_proxy_on_sent(r, c); /* finishes now if nothing is queued */
+}
+
+/* --- admission: IP blocking, authentication, limits ------------------------------------ */
+
+/* The client's address, fetched once per connection and only when needed
+ * (the IP table has entries, or an authentication failed). */
+static const struct sockaddr *client_peer(struct sl_conn *c)
+{
+	if (!c->have_peer) {
+		socklen_t len = sizeof c->peer_addr;
+		if (getpeername(c->fd, (struct sockaddr *)&c->peer_addr, &len) != 0)
+			memset(&c->peer_addr, 0, sizeof c->peer_addr);
+		c->have_peer = true;
+	}
+	return (const struct sockaddr *)&c->peer_addr;
+}
+
+/* The credential of a header, if it carries one: "Authorization: Bearer K"
+ * (scheme case-insensitive) or "x-api-key: K". */
+static bool header_credential(const struct sl_http_header *h, const char **out, size_t *out_len)
+{
+	const char *v = h->value;
+	size_t n = h->value_len;
+	if (h->name_len == 13 && sl_ascii_ieq(h->name, "authorization", 13)) {
+		if (n < 7 || !sl_ascii_ieq(v, "bearer ", 7))
+			return false;
+		v += 7;
+		n -= 7;
+	} else if (!(h->name_len == 9 && sl_ascii_ieq(h->name, "x-api-key", 9))) {
+		return false;
+	}
+	while (n && (*v == ' ' || *v == '\t')) {
+		v++;
+		n--;
+	}
+	while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	*out = v;
+	*out_len = n;
+	return true;
+}
+
+static void respond_retry_after(struct sl_reactor *r, struct sl_conn *c, unsigned status,
+                                const char *type, const char *message, uint64_t retry_after_ms,
+                                bool close_after)
+{
+	char extra[96];
+	uint64_t s = (retry_after_ms + 999) / 1000;
+	snprintf(extra, sizeof extra, "Retry-After: %llu\r\nretry-after-ms: %llu\r\n",
+	         (unsigned long long)(s ? s : 1), (unsigned long long)retry_after_ms);
+	respond_error(r, c, status, type, message, extra, close_after);
+}
+
+/*
+ * client_authenticate checks the client's address against the IP block
+ * table and its key against the key table. Returns false when the request
+ * was refused (answered, or the connection closed). The key text is never
+ * logged nor echoed.
+ */
+static bool client_authenticate(struct sl_reactor *r, struct sl_conn *c,
+                                const struct sl_http_request *req, bool has_body)
+{
+	struct sl_gate *g = r->gate;
+	if (!r->config->auth.required || !g)
+		return true;
+	bool tracked = g->ipblock && sl_ipblock_active(g->ipblock);
+	uint64_t retry_ms;
+	if (tracked && sl_ipblock_is_blocked(g->ipblock, client_peer(c), r->now_ms, &retry_ms)) {
+		respond_retry_after(r, c, 403, "ip_blocked",
+		                    "Too many failed authentications from this address; try again later",
+		                    retry_ms, has_body);
+		return false;
+	}
+	enum sl_gate_auth res = SL_GATE_AUTH_MISSING;
+	for (uint32_t i = 0; i < req->num_headers && res != SL_GATE_AUTH_OK; i++) {
+		const char *key;
+		size_t key_len;
+		if (!header_credential(&req->headers[i], &key, &key_len))
+			continue;
+		enum sl_gate_auth one = sl_gate_authenticate(g, key, key_len, &c->cx.key);
+		/* the most telling outcome wins when two headers disagree */
+		if (res == SL_GATE_AUTH_MISSING || one == SL_GATE_AUTH_OK ||
+		    one == SL_GATE_AUTH_REVOKED || one == SL_GATE_AUTH_NO_TIER)
+			res = one;
+	}
+	if (res == SL_GATE_AUTH_OK) {
+		if (tracked)
+			sl_ipblock_success(g->ipblock, client_peer(c), r->now_ms);
+		return true;
+	}
+	c->cx.key.valid = false;
+	if (g->ipblock && res != SL_GATE_AUTH_NO_TIER)
+		sl_ipblock_fail(g->ipblock, client_peer(c), r->now_ms);
+	switch (res) {
+	case SL_GATE_AUTH_MISSING:
+		respond_error(r, c, 401, "authentication_error",
+		              "Missing API key: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+		              "WWW-Authenticate: Bearer\r\n", has_body);
+		break;
+	case SL_GATE_AUTH_REVOKED:
+		respond_error(r, c, 401, "authentication_error", "This API key has been revoked",
+		              "WWW-Authenticate: Bearer\r\n", has_body);
+		break;
+	case SL_GATE_AUTH_NO_TIER:
+		respond_error(r, c, 403, "permission_error",
+		              "This API key's tier is not configured on this gateway", NULL, has_body);
+		break;
+	default:
+		respond_error(r, c, 401, "authentication_error", "Invalid API key",
+		              "WWW-Authenticate: Bearer\r\n", has_body);
+		break;
+	}
+	return false;
+}
+
+/* Fills the exchange's rate-limit report without using any allowance (GET
+ * routes are authenticated, not counted). */
+static void limits_peek(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->cx.key.valid)
+		return;
+	struct sl_limit_ticket t;
+	uint64_t now = sl_gate_unix_ms(r->gate, r->now_ms);
+	if (sl_limiter_admit(r->gate->limiter, r->index, c->cx.key.slot, 0, now, &t,
+	                     &c->cx.report) == SL_LIMIT_NONE) {
+		sl_limiter_cancel(r->gate->limiter, r->index, &t, now);
+		/* what it would have left is what it has */
+		if (c->cx.report.requests_limit)
+			c->cx.report.requests_remaining++;
+		if (c->cx.report.concurrent_limit)
+			c->cx.report.concurrent_remaining++;
+		if (c->cx.report.daily_limit)
+			c->cx.report.daily_remaining++;
+	}
+	c->cx.has_report = true;
+}
+
+/* Settles the exchange's limit tickets: gives the concurrency slot back and
+ * corrects the token estimate with the real usage. Exactly once. */
+static void limits_finish(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->cx.key_ticket_held && !c->cx.model_ticket_held)
+		return;
+	uint64_t now = sl_gate_unix_ms(r->gate, r->now_ms);
+	if (c->cx.scan_usage && (c->cx.usage.fields_seen & (SL_USAGE_INPUT | SL_USAGE_OUTPUT)))
+		c->cx.tokens_actual = sl_usage_total_tokens(&c->cx.usage);
+	if (c->cx.key_ticket_held)
+		sl_limiter_finish(r->gate->limiter, r->index, &c->cx.key_ticket, c->cx.tokens_actual,
+		                  now);
+	if (c->cx.model_ticket_held)
+		sl_limiter_finish(r->gate->limiter, r->index, &c->cx.model_ticket,
+		                  c->cx.tokens_actual, now);
+	c->cx.key_ticket_held = c->cx.model_ticket_held = false;
+}
+
+static const char *limit_name(enum sl_limit_kind k)
+{
+	switch (k) {
+	case SL_LIMIT_REQUESTS:
+		return "requests per minute";
+	case SL_LIMIT_TOKENS:
+		return "tokens per minute";
+	case SL_LIMIT_CONCURRENT:
+		return "concurrent requests";
+	default:
+		return "requests per day";
+	}
+}
+
+static void refuse_limit(struct sl_reactor *r, struct sl_conn *c, enum sl_limit_kind kind,
+                         const struct sl_limit_report *rep, const char *whose, uint64_t estimate)
+{
+	char msg[200];
+	uint64_t limit = kind == SL_LIMIT_REQUESTS     ? rep->requests_limit
+	                 : kind == SL_LIMIT_TOKENS     ? rep->tokens_limit
+	                 : kind == SL_LIMIT_CONCURRENT ? rep->concurrent_limit
+	                                               : rep->daily_limit;
+	snprintf(msg, sizeof msg, "Rate limit reached for %s%s: limit %llu; retry after %llu ms",
+	         limit_name(kind), whose, (unsigned long long)limit,
+	         (unsigned long long)rep->retry_after_ms);
+	if (kind == SL_LIMIT_DAILY)
+		snprintf(msg, sizeof msg, "Daily request quota%s exhausted: limit %llu; it resets in %llu s",
+		         whose, (unsigned long long)limit,
+		         (unsigned long long)((rep->retry_after_ms + 999) / 1000));
+	if (kind == SL_LIMIT_TOO_LARGE) {
+		/* never admissible: say so; Retry-After points at the window end
+		 * only because a 429 must carry one */
+		snprintf(msg, sizeof msg,
+		         "Request too large for tokens per minute%s: this request may use %llu "
+		         "tokens, the limit is %llu; send fewer tokens or a lower max_tokens",
+		         whose, (unsigned long long)estimate,
+		         (unsigned long long)rep->tokens_limit);
+		uint64_t now = sl_gate_unix_ms(r->gate, r->now_ms);
+		respond_retry_after(r, c, 429, "rate_limit_error", msg,
+		                    rep->requests_reset_unix_ms > now ? rep->requests_reset_unix_ms - now
+		                                                      : 1000,
+		                    false);
+		return;
+	}
+	respond_retry_after(r, c, 429, kind == SL_LIMIT_DAILY ? "quota_exceeded" : "rate_limit_error",
+	                    msg, rep->retry_after_ms, false);
+}
+
+/* Input tokens of a request for the TPM limits, estimated like
+ * count_tokens does, plus the output it may ask for (max_tokens, capped by
+ * rate_limits.max_tokens_estimate_max). The parse happens only for keys or
+ * models that have a token limit. */
+static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const char *body,
+                                size_t body_len, const struct sl_model_config *model);
+
+/* Admits the exchange under its key's and model's limits. Returns false
+ * when it was refused (answered). */
+static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
+                           const struct sl_model_config *model, const char *body, size_t body_len)
+{
+	struct sl_gate *g = r->gate;
+	const struct sl_config *cfg = r->config;
+	uint32_t model_index = (uint32_t)(model - cfg->models);
+	c->cx.model_index = model_index;
+	c->cx.tokens_actual = UINT64_MAX;
+	if (!g)
+		return true;
+	bool keyed = c->cx.key.valid;
+	if (keyed) {
+		int rc = sl_gate_model_allowed(g, &c->cx.key, model_index);
+		if (rc == -ENOENT) {
+			exchange_fail(r, c, 401, "authentication_error", "This API key has been revoked",
+			              NULL);
+			return false;
+		}
+		if (rc == -EACCES) {
+			char msg[MODEL_NAME_MAX + 64];
+			snprintf(msg, sizeof msg, "This API key may not use the model '%s'", model->id);
+			limits_peek(r, c); /* the headers, without spending anything */
+			exchange_fail(r, c, 403, "model_not_allowed", msg, NULL);
+			return false;
+		}
+	}
+	bool tokens = (keyed && cfg->tiers[c->cx.key.tier].tokens_per_minute) ||
+	              model->limits.tokens_per_minute;
+	if (!keyed && !model->limits.set)
+		return true;
+	uint64_t estimate = tokens ? estimate_tokens(r, c, body, body_len, model) : 0;
+	if (tokens) {
+		c->cx.scan_usage = true;
+		sl_usage_scanner_init(&c->cx.usage_scan);
+		memset(&c->cx.usage, 0, sizeof c->cx.usage);
+	}
+	uint64_t now = sl_gate_unix_ms(g, r->now_ms);
+	if (keyed) {
+		enum sl_limit_kind k = sl_limiter_admit(g->limiter, r->index, c->cx.key.slot, estimate,
+		                                        now, &c->cx.key_ticket, &c->cx.report);
+		c->cx.has_report = true;
+		if (k != SL_LIMIT_NONE) {
+			refuse_limit(r, c, k, &c->cx.report, "", estimate);
+			if (!c->closing)
+				client_exchange_done(r, c);
+			return false;
+		}
+		c->cx.key_ticket_held = true;
+	}
+	if (model->limits.set) {
+		struct sl_limit_report mrep;
+		enum sl_limit_kind k = sl_limiter_admit(g->limiter, r->index,
+		                                        g->model_slot_base + model_index, estimate, now,
+		                                        &c->cx.model_ticket, &mrep);
+		if (k != SL_LIMIT_NONE) {
+			if (c->cx.key_ticket_held) {
+				sl_limiter_cancel(g->limiter, r->index, &c->cx.key_ticket, now);
+				c->cx.key_ticket_held = false;
+			}
+			refuse_limit(r, c, k, &mrep, " of this model (all keys)", estimate);
+			if (!c->closing)
+				client_exchange_done(r, c);
+			return false;
+		}
+		c->cx.model_ticket_held = true;
+	}
+	return true;
 }
 
 /* Handles a parsed request head. Returns false when the request was answered
@@ -507,6 +871,8 @@ static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_ht
 		respond_error(r, c, 404, NULL, "Unknown request URL: no such route", NULL, has_body);
 		return false;
 	}
+	if (m.route != SL_ROUTE_HEALTH && !client_authenticate(r, c, req, has_body))
+		return false;
 	if (!m.is_post) {
 		bool get = req->method == SL_METHOD_GET, head = req->method == SL_METHOD_HEAD;
 		if (!get && !head) {
@@ -926,7 +1292,7 @@ static void respond_json(struct sl_reactor *r, struct sl_conn *c, unsigned statu
                          const char *extra_headers, const char *body, size_t body_len)
 {
 	size_t cap;
-	char *block = sl_bufpool_get(&r->mem, 512 + body_len, &cap);
+	char *block = sl_bufpool_get(&r->mem, 512 + LIMIT_HEADERS_BYTES_MAX + body_len, &cap);
 	if (!block) {
 		sl_conn_close(r, c);
 		return;
@@ -941,6 +1307,7 @@ static void respond_json(struct sl_reactor *r, struct sl_conn *c, unsigned statu
 	W_LIT(&w, "\r\nx-request-id: ");
 	w_str(&w, c->cx.request_id);
 	W_LIT(&w, "\r\n");
+	w_limit_headers(r, &w, c);
 	if (extra_headers)
 		w_str(&w, extra_headers);
 	if (!c->keep_alive)
@@ -1063,6 +1430,37 @@ static void count_tokens_locally(struct sl_reactor *r, struct sl_conn *c, const 
 		client_exchange_done(r, c);
 }
 
+static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const char *body,
+                                size_t body_len, const struct sl_model_config *model)
+{
+	const struct sl_rate_config *rc = &r->config->rate;
+	uint64_t rough = (body_len + 3) / 4; /* JSON bytes / 4: never far below */
+	uint64_t output = rc->max_tokens_estimate_max;
+	if (model->max_output_tokens && model->max_output_tokens < output)
+		output = model->max_output_tokens;
+	sl_arena_release(&c->cx.arena);
+	sl_arena_init(&c->cx.arena, &r->mem, exchange_arena_limit(r, body_len));
+	struct sl_json *in = NULL;
+	struct sl_json_error jerr = { 0 };
+	if (sl_json_parse(&c->cx.arena, body, body_len, NULL, &in, &jerr) != 0)
+		return rough + output; /* refused later, by the converter or upstream */
+	static const char *const max_keys[] = { "max_tokens", "max_completion_tokens",
+		                                "max_output_tokens" };
+	for (size_t i = 0; i < SL_ARRAY_LEN(max_keys); i++) {
+		int64_t asked;
+		if (sl_json_get_int(in, max_keys[i], &asked) && asked >= 0) {
+			output = SL_MIN(output, (uint64_t)asked);
+			break;
+		}
+	}
+	/* count_tokens' local count knows messages, system and tools; bodies
+	 * without messages (prompt, input) fall back to the rough count */
+	int64_t counted = sl_json_get(in, "messages") ? sl_count_tokens_local(in) : -1;
+	uint64_t input = counted > 0 ? (uint64_t)counted : rough;
+	sl_arena_release(&c->cx.arena);
+	return input + output;
+}
+
 /*
  * exchange_begin routes a fully received request (head + body in c->in) to
  * an upstream and queues the rewritten request on it: the client's body
@@ -1110,6 +1508,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		exchange_fail(r, c, 404, NULL, msg, NULL);
 		return;
 	}
+	if (!exchange_admit(r, c, model, body, body_len))
+		return;
 	const struct sl_model_target *t = pick_target(model);
 	const struct sl_provider_config *p = &cfg->providers[t->provider];
 
@@ -1392,12 +1792,14 @@ static bool convert_response_head(struct sl_reactor *r, struct sl_conn *u, struc
 	if (!c->cx.tc)
 		return false;
 	size_t cap;
-	char *block = sl_bufpool_get(&r->mem, 256, &cap);
+	char *block = sl_bufpool_get(&r->mem, 256 + LIMIT_HEADERS_BYTES_MAX, &cap);
 	if (!block)
 		return false;
 	struct wbuf w = { block, 0, cap, false };
 	W_LIT(&w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
-	          "Cache-Control: no-cache\r\nx-request-id: ");
+	          "Cache-Control: no-cache\r\n");
+	w_limit_headers(r, &w, c);
+	W_LIT(&w, "x-request-id: ");
 	w_str(&w, c->cx.request_id);
 	if (c->cx.http10) {
 		c->keep_alive = false;
@@ -1522,6 +1924,8 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	}
 	if (take < len)
 		u->ux.resp_keep_alive = false; /* bytes after the response: not reusable */
+	if (c->cx.scan_usage && take)
+		sl_usage_scanner_feed(&c->cx.usage_scan, data, take, &c->cx.usage);
 	bool kept = false;
 	if (u->ux.convert_mode != SL_CONVERT_NONE) {
 		/* converted: the bytes are read here, never relayed as they are */
@@ -1576,7 +1980,7 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *c,
                        const struct sl_http_response *resp, size_t inline_room)
 {
-	size_t need = 256 + inline_room;
+	size_t need = 256 + LIMIT_HEADERS_BYTES_MAX + inline_room;
 	for (uint32_t i = 0; i < resp->num_headers; i++)
 		need += resp->headers[i].name_len + resp->headers[i].value_len + 4;
 	size_t cap;
@@ -1596,7 +2000,7 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	size_t num_tokens = connection_tokens(resp->headers, resp->num_headers, tokens, 16);
 	for (uint32_t i = 0; i < resp->num_headers; i++) {
 		const struct sl_http_header *h = &resp->headers[i];
-		if (is_hop_or_owned(h) || listed_in(h, tokens, num_tokens))
+		if (is_hop_or_owned(h) || listed_in(h, tokens, num_tokens) || is_provider_limit(h))
 			continue;
 		if (h->name_len == 12 && sl_ascii_ieq(h->name, "content-type", 12) &&
 		    h->value_len >= 17 && sl_ascii_ieq(h->value, "text/event-stream", 17))
@@ -1606,6 +2010,7 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	W_LIT(&w, "x-request-id: ");
 	w_str(&w, c->cx.request_id);
 	W_LIT(&w, "\r\n");
+	w_limit_headers(r, &w, c);
 	switch (resp->framing) {
 	case SL_BODY_LENGTH:
 		W_LIT(&w, "Content-Length: ");
@@ -1739,6 +2144,8 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 	char *rest = (char *)src + n;
 	size_t rest_len = src_len - (size_t)n;
 	if (inline_rest) {
+		if (c->cx.scan_usage)
+			sl_usage_scanner_feed(&c->cx.usage_scan, rest, rest_len, &c->cx.usage);
 		/* relay_head sized its block for the body: append it there */
 		struct sl_send_entry *e = &c->sq.entries[(c->sq.head + c->sq.num - 1) & (SL_SENDQ_CAP - 1)];
 		SL_ASSERT(e->owner == SL_OWN_POOL &&
@@ -1978,6 +2385,7 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 		if (c->state == SL_CLIENT_EXCHANGE)
 			r->num_exchanges--;
 		r->num_clients--;
+		limits_finish(r, c); /* a client gone mid-exchange */
 		sl_arena_release(&c->cx.arena);
 		sl_buf_release(&c->cx.pending);
 		c->cx.tc = NULL;

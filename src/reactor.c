@@ -6,6 +6,7 @@
  * reused while an operation that references it is in flight).
  */
 #include "sluice/reactor.h"
+#include "sluice/gate.h"
 
 #include "config.h"
 
@@ -166,6 +167,7 @@ struct sl_conn *sl_conn_alloc(struct sl_reactor *r, int fd, enum sl_conn_kind ki
 	c->sq.head_off = 0;
 	memset(&c->cx, 0, sizeof c->cx);
 	memset(&c->ux, 0, sizeof c->ux);
+	c->have_peer = false;
 	c->gen = gen;
 	c->slot = slot;
 	c->fd = fd;
@@ -713,6 +715,9 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 			}
 		}
 		buf_flush_returns(r);
+		/* a turn boundary: nothing of the key table is held here */
+		if (r->gate)
+			sl_gate_quiescent(r->gate, &r->gate_seen);
 		struct __kernel_timespec ts, *tsp = NULL;
 		uint64_t next = next_deadline(r);
 		if (drain_deadline_ms)

@@ -103,6 +103,15 @@ struct sl_model_price {
 	uint32_t fields_set; /* SL_PRICE_* bits */
 };
 
+/* Optional global limits of one model, across all keys (protect an
+ * upstream). 0: unlimited. */
+struct sl_model_limits {
+	uint64_t requests_per_minute;
+	uint64_t tokens_per_minute;
+	uint64_t concurrent;
+	bool set;
+};
+
 struct sl_model_config {
 	char *id;
 	char **aliases;
@@ -113,9 +122,43 @@ struct sl_model_config {
 	uint32_t context_window;    /* 0: unknown */
 	uint32_t max_output_tokens; /* 0: unknown */
 	char *owned_by;             /* default: the first target's provider name */
+	struct sl_model_limits limits;
 	/* Precomputed at load: the JSON object GET /v1/models/{id} answers. */
 	char *json;
 	size_t json_len;
+};
+
+/* A tier: the limits every key of that tier gets (each key separately).
+ * 0: unlimited. "Minute" is rate_limits.window_ms long (60000 unless a test
+ * shortens it). */
+struct sl_tier_config {
+	char *name;
+	uint64_t requests_per_minute;
+	uint64_t tokens_per_minute;
+	uint64_t concurrent;
+	uint64_t requests_per_day;
+	/* models the tier may use: model_allowed[i] for sl_config.models[i], or
+	 * NULL for every model */
+	uint8_t *model_allowed;
+};
+
+/* "auth": client authentication and failed-auth IP blocking. */
+struct sl_auth_config {
+	bool required;              /* "mode": "keys" (default) or "none" */
+	uint32_t ip_block_failures; /* failed auths in a row that block an address (50; 0: off) */
+	uint32_t ip_block_seconds;  /* how long (300) */
+	uint32_t ip_table_entries;  /* addresses tracked at once (65536) */
+};
+
+/* "rate_limits": how the per-key limits are enforced. */
+struct sl_rate_config {
+	uint32_t window_ms;              /* the rate window, "per minute" (60000) */
+	uint32_t reconcile_ms;           /* cross-core reconcile period (50) */
+	uint32_t daily_reset_hour_utc;   /* when daily quotas reset (0) */
+	uint32_t keys_max;               /* key slots (1000000) */
+	uint32_t active_keys_max;        /* keys tracked by the reconciler at once (65536) */
+	uint32_t max_tokens_estimate_max; /* output tokens counted at admission at most (4096) */
+	uint32_t state_save_ms;          /* how often limits.state is written (1000) */
 };
 
 struct sl_config {
@@ -126,6 +169,10 @@ struct sl_config {
 	char *data_dir;
 	uint32_t threads; /* 0: one per CPU the process may run on */
 	struct sl_limits_config limits;
+	struct sl_auth_config auth;
+	struct sl_rate_config rate;
+	struct sl_tier_config *tiers;
+	uint32_t num_tiers;
 	struct sl_provider_config *providers;
 	uint32_t num_providers;
 	struct sl_model_config *models;
@@ -157,6 +204,9 @@ int sl_config_load_file(const char *path, struct sl_config **out, char *err, siz
 
 /* sl_config_free releases everything; sl_config_free(NULL) is a no-op. */
 void sl_config_free(struct sl_config *config);
+
+/* sl_config_find_tier returns the tier called name, or NULL. */
+const struct sl_tier_config *sl_config_find_tier(const struct sl_config *config, const char *name);
 
 /* sl_config_find_model resolves a model id or alias (exact, case-sensitive)
  * to its entry, or NULL. Lock-free and allocation-free: safe on the request

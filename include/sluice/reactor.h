@@ -19,6 +19,8 @@
 
 #include "sluice/common.h"
 #include "sluice/config.h"
+#include "sluice/gate.h"
+#include "sluice/usage.h"
 #include "sluice/http1.h"
 #include "sluice/pool.h"
 #include "sluice/router.h"
@@ -26,11 +28,14 @@
 #include "sluice/buf.h"
 
 struct sl_convert_ctx;
+struct sl_gate;
 struct sl_transcoder;
 
 #include <ck_ring.h>
+#include <stdatomic.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <netinet/in.h>
 #include <sys/uio.h>
 
 /* --- timers ---------------------------------------------------------------
@@ -188,7 +193,25 @@ struct sl_conn {
 		struct sl_chunked chunked;
 		uint64_t started_ms;
 		char request_id[28];
+		/* admission (gate.h): the key, the limit tickets to settle when
+		 * the exchange ends, and what the rate-limit headers report */
+		struct sl_gate_key key;
+		bool has_report;
+		bool key_ticket_held;
+		bool model_ticket_held;
+		uint32_t model_index;
+		struct sl_limit_ticket key_ticket;
+		struct sl_limit_ticket model_ticket;
+		struct sl_limit_report report;
+		uint64_t tokens_actual; /* UINT64_MAX: the upstream did not say */
+		bool scan_usage;        /* a token limit needs the real usage */
+		struct sl_usage_scanner usage_scan;
+		struct sl_token_usage usage;
 	} cx;
+
+	/* client: its address, fetched on first need (IP blocking) */
+	bool have_peer;
+	struct sockaddr_in6 peer_addr;
 
 	/* upstream: the request in progress */
 	struct {
@@ -211,7 +234,10 @@ struct sl_conn {
 };
 
 /* --- cross-core mailbox ----------------------------------------------------- */
-enum sl_msg_type { SL_MSG_SHUTDOWN = 1 };
+enum sl_msg_type {
+	SL_MSG_SHUTDOWN = 1,
+	SL_MSG_WAKE, /* nothing to do: pass a loop turn (key table reclamation) */
+};
 
 struct sl_msg {
 	uint32_t type;
@@ -242,7 +268,12 @@ struct sl_reactor {
 	uint32_t index;
 	int cpu; /* -1: not pinned */
 	const struct sl_config *config;
+	struct sl_gate *gate;
 	pthread_t thread;
+	/* the gate epoch this reactor saw at its last turn boundary (gate.h) */
+	_Atomic uint64_t gate_seen;
+	char reset_text[21];       /* x-ratelimit-reset-requests cache */
+	uint64_t reset_text_ms;
 
 	int *listen_fds;
 	uint32_t num_listen;

@@ -62,6 +62,7 @@ ANTHROPIC_KEY = "sk-mock-anthropic"
 ANTHROPIC_VERSION = "2023-06-01"
 OPENAI_UPSTREAM_MODEL = "gpt-4o-mini-2024-07-18"
 ANTHROPIC_UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
+TEST_TIER = "test"
 
 
 def _sanitized_build():
@@ -312,7 +313,29 @@ def base_config(mock_port, data_dir):
                 "targets": [{"provider": "mock-openai", "model": "text-embedding-3-small"}],
             },
         },
+        # CLIENT_KEY is imported into the data directory with this tier
+        # (generous: the suite's load tests must not meet it).
+        "tiers": {
+            TEST_TIER: {"requests_per_minute": 100000000, "concurrent": 1000000},
+        },
     }
+
+
+def import_key(config_path, key, name="test", tier=None, extra=()):
+    """`sluice keys import` of key (stdin) into the config's data directory;
+    returns the new key id."""
+    r = subprocess.run([GATEWAY_BIN, "keys", "import", "-c", config_path, "--name", name,
+                        "--tier", tier or TEST_TIER, "--json", *extra], input=key + "\n",
+                       capture_output=True, text=True, timeout=30 * TIME_SCALE)
+    if r.returncode != 0:
+        raise AssertionError(f"sluice keys import failed ({r.returncode}): {r.stderr.strip()}")
+    return json.loads(r.stdout)["id"]
+
+
+def keys_cli(config_path, *args, input_text=None):
+    """Runs `sluice keys ARGS -c CONFIG`; the CompletedProcess."""
+    return subprocess.run([GATEWAY_BIN, "keys", *args, "-c", config_path], input=input_text,
+                          capture_output=True, text=True, timeout=30 * TIME_SCALE)
 
 
 def closed_port():
@@ -715,6 +738,8 @@ class Env:
         self.mock = None
         self.gateway = None
         self.config = None
+        self.config_path = None
+        self.key_id = None
         self.tmp = None
 
     @property
@@ -739,10 +764,13 @@ class Env:
         over = self.overrides(port) if callable(self.overrides) else (self.overrides or {})
         self.config = deep_merge(base_config(port, os.path.join(self.tmp, "data")), over)
         cfg = os.path.join(self.tmp, "sluice.json")
+        self.config_path = cfg
         with open(cfg, "w") as f:
             json.dump(self.config, f, indent=2)
         with open(stem + ".config.json", "w") as f:
             json.dump(self.config, f, indent=2)
+        if (self.config.get("auth") or {}).get("mode", "keys") == "keys":
+            self.key_id = import_key(cfg, CLIENT_KEY)
         self.gateway = Server("sluice", [GATEWAY_BIN, "serve", "-c", cfg, "--threads",
                                          str(self.gateway_threads)], "sluice", stem + ".gateway.log")
         self.gateway.start()

@@ -338,6 +338,8 @@ export function baseConfig(mockPort, dataDir) {
 		threads: 2,
 		providers,
 		models,
+		// CLIENT_KEY is imported with this tier (see Env.start)
+		tiers: { test: { requests_per_minute: 100000000, concurrent: 1000000 } },
 	};
 }
 
@@ -358,6 +360,10 @@ class Env {
 		const cfg = path.join(this.tmp, 'sluice.json');
 		fs.writeFileSync(cfg, JSON.stringify(this.config, null, 2));
 		fs.writeFileSync(`${stem}.config.json`, JSON.stringify(this.config, null, 2));
+		const imp = spawnSync(GATEWAY_BIN, ['keys', 'import', '-c', cfg, '--name', 'sdk', '--tier', 'test'],
+			{ input: `${CLIENT_KEY}\n`, encoding: 'utf8' });
+		if (imp.status !== 0)
+			throw new Error(`sluice keys import failed: ${imp.stderr}`);
 		this.gateway = new Server('sluice', [GATEWAY_BIN, 'serve', '-c', cfg, '--threads', '2'],
 			`${stem}.gateway.log`);
 		await this.gateway.start(readyMs);

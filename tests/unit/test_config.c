@@ -146,7 +146,7 @@ TEST(every_default)
 		return;
 	const struct sl_limits_config *l = &c->limits;
 	CHECK_EQ_INT(c->threads, 0);
-	CHECK(strcmp(c->data_dir, "./data") == 0);
+	CHECK(strcmp(c->data_dir, "data") == 0);
 	CHECK(c->admin == NULL);
 	CHECK(strcmp(c->origin, "<test>") == 0);
 	CHECK_EQ_INT(l->connections_per_core, 16384);
@@ -204,7 +204,11 @@ TEST(every_setting)
 		"    \"priority\": 2, \"weight\": 7 }, { \"provider\": \"a\" }],"
 		"    \"aliases\": [\"m1\", \"m2\"], \"owned_by\": \"acme\","
 		"    \"context_window\": 4294967295, \"max_output_tokens\": 9 } },"
-		"  \"tiers\": { \"free\": { \"rpm\": 10 }, \"anything\": [1, 2] } }");
+		"  \"auth\": { \"mode\": \"none\", \"ip_block_failures\": 7, \"ip_block_seconds\": 9 },"
+		"  \"rate_limits\": { \"window_ms\": 2000, \"reconcile_ms\": 20,"
+		"    \"daily_reset_hour_utc\": 5 },"
+		"  \"tiers\": { \"free\": { \"requests_per_minute\": 10, \"models\": [\"m1\"] },"
+		"    \"pro\": { \"tokens_per_minute\": 99, \"concurrent\": 3, \"requests_per_day\": 4 } } }");
 	if (!c)
 		return;
 	const struct sl_limits_config *l = &c->limits;
@@ -213,6 +217,22 @@ TEST(every_setting)
 	CHECK(c->admin && strcmp(c->admin->address, "127.0.0.1:9090") == 0);
 	CHECK(c->admin && port_of(&c->admin->addr) == 9090);
 	CHECK(strcmp(c->data_dir, "/var/lib/sluice") == 0);
+	CHECK(!c->auth.required);
+	CHECK_EQ_INT(c->auth.ip_block_failures, 7);
+	CHECK_EQ_INT(c->auth.ip_block_seconds, 9);
+	CHECK_EQ_INT(c->rate.window_ms, 2000);
+	CHECK_EQ_INT(c->rate.reconcile_ms, 20);
+	CHECK_EQ_INT(c->rate.daily_reset_hour_utc, 5);
+	CHECK_EQ_INT(c->num_tiers, 2);
+	if (c->num_tiers == 2) {
+		const struct sl_tier_config *free_tier = sl_config_find_tier(c, "free");
+		const struct sl_tier_config *pro = sl_config_find_tier(c, "pro");
+		CHECK(free_tier && free_tier->requests_per_minute == 10 && free_tier->model_allowed &&
+		      free_tier->model_allowed[0] == 1);
+		CHECK(pro && pro->tokens_per_minute == 99 && pro->concurrent == 3 &&
+		      pro->requests_per_day == 4 && !pro->model_allowed);
+		CHECK(sl_config_find_tier(c, "gold") == NULL);
+	}
 	CHECK_EQ_INT(c->threads, 3);
 	CHECK_EQ_INT(l->connections_per_core, 100);
 	CHECK_EQ_INT(l->header_bytes_max, 1024);
@@ -313,6 +333,15 @@ TEST(top_level_errors)
 	ERROR(CFG(", \"data_dir\": \"\""), "data_dir: must not be empty");
 	ERROR(CFG(", \"data_dir\": 5"), "data_dir: expected a string");
 	ERROR(CFG(", \"tiers\": 5"), "tiers: expected an object");
+	ERROR(CFG(", \"tiers\": { \"free\": { \"rpm\": 10 } }"), "tiers.free.rpm: unknown key");
+	ERROR(CFG(", \"tiers\": { \"free\": { \"models\": [\"nope\"] } }"),
+	      "tiers.free.models[0]: unknown model \"nope\"");
+	ERROR(CFG(", \"tiers\": { \"a b\": {} }"),
+	      "tiers.a b: a tier name has no spaces, commas or control characters");
+	ERROR(CFG(", \"auth\": { \"mode\": \"maybe\" }"),
+	      "auth.mode: expected \"keys\" or \"none\"");
+	ERROR(CFG(", \"rate_limits\": { \"daily_reset_hour_utc\": 24 }"),
+	      "rate_limits.daily_reset_hour_utc: must be between 0 and 23");
 	ERROR(CFG(", \"admin\": { \"address\": \"nope\" }"),
 	      "admin.address: expected HOST:PORT, [IPV6]:PORT or :PORT");
 	ERROR(CFG(", \"admin\": { \"address\": \":1\", \"key\": \"x\" }"), "admin.key: unknown key");
@@ -919,8 +948,9 @@ TEST(spec_sample)
 		"                             { \"provider\": \"openai\", \"model\": \"gpt-4.1\", \"priority\": 2 }],\n"
 		"                 \"price\": { \"input\": \"3.00\", \"output\": \"15.00\" } }\n"
 		"  },\n"
-		"  \"tiers\": { \"free\": { \"rpm\": 10, \"concurrent\": 1, \"requests_per_day\": 100 },\n"
-		"             \"pro\":  { \"rpm\": 60, \"tpm\": 200000, \"concurrent\": 3, \"requests_per_day\": 2000 } }\n"
+		"  \"tiers\": { \"free\": { \"requests_per_minute\": 10, \"concurrent\": 1, \"requests_per_day\": 100 },\n"
+		"             \"pro\":  { \"requests_per_minute\": 60, \"tokens_per_minute\": 200000, \"concurrent\": 3,\n"
+		"                       \"requests_per_day\": 2000 } }\n"
 		"}\n");
 	if (c) {
 		CHECK(strcmp(c->providers[1].keys[0].key, "sk-a") == 0);

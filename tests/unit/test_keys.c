@@ -1,10 +1,13 @@
 /*
  * test_keys.c - the key store: round trips through a temp data directory,
  * reload, torn and corrupt journal tails, snapshot + journal replay, the
- * dollar parser.
+ * writer's lock wait, the read-only open, import, bulk creation, the dollar
+ * parser.
  */
 #include "../../src/keys.c"
 #include "test.h"
+
+#include <pthread.h>
 
 static char dir_template[] = "/tmp/sluice-test-keys-XXXXXX";
 static char dir[64];
@@ -287,16 +290,175 @@ TEST(corrupt_snapshot_refused)
 	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), -EBADMSG);
 }
 
-TEST(second_writer_locked_out)
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+TEST(second_writer_waits_then_gives_up)
 {
 	struct sl_keystore ks, ks2;
 	CHECK_EQ_INT(sl_keys_open(&ks, fresh_dir(), NULL), 0);
 	/* flock is per open file description, so a second open in this process
 	 * conflicts just as another process would */
+	keys_lock_wait_ms = 150;
+	uint64_t t0 = mono_ms();
 	CHECK_EQ_INT(sl_keys_open(&ks2, dir, NULL), -EWOULDBLOCK);
+	uint64_t waited = mono_ms() - t0;
+	CHECK(waited >= 150 && waited < 2000);
 	sl_keys_close(&ks);
 	CHECK_EQ_INT(sl_keys_open(&ks2, dir, NULL), 0);
 	sl_keys_close(&ks2);
+	keys_lock_wait_ms = SL_KEYS_LOCK_WAIT_MS;
+}
+
+/* A reader's shared lock held for a moment (as a gateway reload does): the
+ * writer waits for it instead of failing. */
+static void *hold_shared_lock(void *arg)
+{
+	int fd = *(int *)arg;
+	struct timespec pause = { 0, 80 * 1000 * 1000 };
+	nanosleep(&pause, NULL);
+	flock(fd, LOCK_UN);
+	return NULL;
+}
+
+TEST(writer_waits_for_reader)
+{
+	struct sl_keystore ks;
+	CHECK_EQ_INT(sl_keys_open(&ks, fresh_dir(), NULL), 0);
+	sl_keys_close(&ks);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/lock", dir);
+	int fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && flock(fd, LOCK_SH) == 0);
+	pthread_t t;
+	pthread_create(&t, NULL, hold_shared_lock, &fd);
+	uint64_t t0 = mono_ms();
+	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), 0);
+	CHECK(mono_ms() - t0 >= 60);
+	pthread_join(t, NULL);
+	close(fd);
+	sl_keys_close(&ks);
+}
+
+TEST(readonly_open_reports_tail_without_cutting)
+{
+	struct sl_keystore ks, ro;
+	char k1[SL_KEY_TEXT_LEN + 1], k2[SL_KEY_TEXT_LEN + 1];
+	struct sl_keys_load_report report;
+	/* no directory, then a directory without a secret: empty, nothing made */
+	CHECK_EQ_INT(sl_keys_open_readonly(&ro, fresh_dir(), &report), 0);
+	CHECK(!ro.has_secret && ro.num_keys == 0 && sl_keys_lookup(&ro, "x", 1) == NULL);
+	sl_keys_close(&ro);
+	CHECK_EQ_INT(mkdir(dir, 0700), 0);
+	CHECK_EQ_INT(sl_keys_open_readonly(&ro, dir, &report), 0);
+	CHECK(!ro.has_secret && ro.num_keys == 0);
+	sl_keys_close(&ro);
+	CHECK(file_size("lock") < 0 && file_size("secret") < 0);
+
+	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), 0);
+	CHECK_EQ_INT(sl_keys_create(&ks, "one", "pro", NULL, NULL, k1, NULL), 0);
+	CHECK_EQ_INT(sl_keys_compact(&ks), 0);
+	off_t good = file_size("keys.journal");
+	CHECK_EQ_INT(sl_keys_create(&ks, "two", "pro", NULL, NULL, k2, NULL), 0);
+	off_t full = file_size("keys.journal");
+	sl_keys_close(&ks);
+	truncate_file("keys.journal", good + (full - good) / 2);
+
+	CHECK_EQ_INT(sl_keys_open_readonly(&ro, dir, &report), 0);
+	CHECK(ro.has_secret && ro.num_keys == 1);
+	CHECK_EQ_INT(report.snapshot_records_num, 1);
+	CHECK_EQ_INT(report.journal_records_num, 0);
+	CHECK_EQ_INT(report.journal_cut_offset, good);
+	CHECK_EQ_INT(report.journal_cut_bytes, (full - good) / 2);
+	CHECK(sl_keys_lookup(&ro, k1, SL_KEY_TEXT_LEN) != NULL);
+	CHECK(sl_keys_lookup(&ro, k2, SL_KEY_TEXT_LEN) == NULL);
+	CHECK_EQ_INT(file_size("keys.journal"), good + (full - good) / 2); /* not cut */
+	/* the lock is released on return: a writer gets it at once */
+	keys_lock_wait_ms = 0;
+	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), 0);
+	keys_lock_wait_ms = SL_KEYS_LOCK_WAIT_MS;
+	CHECK_EQ_INT(file_size("keys.journal"), good); /* the writer cuts */
+	sl_keys_close(&ks);
+	sl_keys_close(&ro);
+}
+
+TEST(import_good_short_duplicate)
+{
+	struct sl_keystore ks;
+	struct sl_key rec;
+	CHECK_EQ_INT(sl_keys_open(&ks, fresh_dir(), NULL), 0);
+	const char *old = "sk-proj-Abc123_def-456.xyz789";
+	CHECK_EQ_INT(sl_keys_import(&ks, old, strlen(old), "migrated", "pro", "m1,m2", NULL, &rec), 0);
+	CHECK(valid_id(rec.id) && rec.status == SL_KEY_ACTIVE && strcmp(rec.models, "m1,m2") == 0);
+	const struct sl_key *k = sl_keys_lookup(&ks, old, strlen(old));
+	CHECK(k && strcmp(k->id, rec.id) == 0);
+	/* stored as HMAC-SHA-256(secret, text) like a created key */
+	uint8_t mac[SL_KEY_HASH_LEN];
+	unsigned int mac_len = 0;
+	HMAC(EVP_sha256(), ks.secret, SL_KEYS_SECRET_LEN, (const uint8_t *)old, strlen(old), mac, &mac_len);
+	CHECK(mac_len == SL_KEY_HASH_LEN && memcmp(mac, rec.hash, SL_KEY_HASH_LEN) == 0);
+	/* 19 characters: too short; 257: too long; a space or a control: refused */
+	CHECK_EQ_INT(sl_keys_import(&ks, old, 19, "x", "pro", NULL, NULL, NULL), -EINVAL);
+	char big[SL_KEY_TEXT_LEN_MAX + 2];
+	memset(big, 'a', sizeof(big));
+	CHECK_EQ_INT(sl_keys_import(&ks, big, SL_KEY_TEXT_LEN_MAX + 1, "x", "pro", NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ_INT(sl_keys_import(&ks, big, SL_KEY_TEXT_LEN_MAX, "x", "pro", NULL, NULL, NULL), 0);
+	CHECK_EQ_INT(sl_keys_import(&ks, "aaaaaaaaaa bbbbbbbbbb", 21, "x", "pro", NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ_INT(sl_keys_import(&ks, "aaaaaaaaaa\tbbbbbbbbbb", 21, "x", "pro", NULL, NULL, NULL), -EINVAL);
+	/* the same text again, even once revoked: refused, nothing written */
+	CHECK_EQ_INT(sl_keys_revoke(&ks, rec.id), 0);
+	off_t before = file_size("keys.journal");
+	CHECK_EQ_INT(sl_keys_import(&ks, old, strlen(old), "again", "pro", NULL, NULL, NULL), -EEXIST);
+	CHECK_EQ_INT(file_size("keys.journal"), before);
+	CHECK_EQ_INT(sl_keys_import(&ks, old, strlen(old) - 1, "x", "bad tier", NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ_INT(sl_keys_import(&ks, old, strlen(old) - 1, "x", "pro", NULL, "key_0123456789ab", NULL),
+	             -ENOENT);
+	CHECK_EQ_INT(ks.num_keys, 2);
+	sl_keys_close(&ks);
+	/* survives a reload; the key text itself is nowhere on disk */
+	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), 0);
+	k = sl_keys_lookup(&ks, old, strlen(old));
+	CHECK(k && k->status == SL_KEY_REVOKED);
+	sl_keys_close(&ks);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	uint8_t *buf;
+	size_t len;
+	CHECK_EQ_INT(read_file_at(dfd, "keys.journal", &buf, &len), 0);
+	close(dfd);
+	CHECK(memmem(buf, len, old, strlen(old)) == NULL);
+	free(buf);
+}
+
+TEST(create_many_one_snapshot)
+{
+	struct sl_keystore ks;
+	enum { N = 3000 };
+	static char keys[N][SL_KEY_TEXT_LEN + 1], ids[N][SL_KEY_ID_LEN + 1];
+	CHECK_EQ_INT(sl_keys_open(&ks, fresh_dir(), NULL), 0);
+	char k0[SL_KEY_TEXT_LEN + 1];
+	CHECK_EQ_INT(sl_keys_create(&ks, "first", "pro", NULL, NULL, k0, NULL), 0);
+	CHECK_EQ_INT(sl_keys_create_many(&ks, N, "bulk", "free", "m", &keys[0][0], &ids[0][0]), 0);
+	CHECK_EQ_INT(file_size("keys.journal"), 0);
+	CHECK_EQ_INT(ks.num_keys, N + 1);
+	char spare[SL_KEY_TEXT_LEN + 1];
+	CHECK_EQ_INT(sl_keys_create_many(&ks, 1, "", "free", NULL, spare, NULL), -EINVAL);
+	CHECK_EQ_INT(ks.num_keys, N + 1);
+	sl_keys_close(&ks);
+	struct sl_keys_load_report report;
+	CHECK_EQ_INT(sl_keys_open(&ks, dir, &report), 0);
+	CHECK_EQ_INT(report.snapshot_records_num, N + 1);
+	CHECK_EQ_INT(ks.num_keys, N + 1);
+	CHECK(sl_keys_lookup(&ks, k0, SL_KEY_TEXT_LEN) != NULL);
+	for (int i = 0; i < N; i += 397) {
+		const struct sl_key *k = sl_keys_lookup(&ks, keys[i], SL_KEY_TEXT_LEN);
+		CHECK(k && strcmp(k->id, ids[i]) == 0 && strcmp(k->models, "m") == 0);
+		CHECK(sl_keys_find(&ks, ids[i]) == k);
+	}
+	sl_keys_close(&ks);
 }
 
 TEST(parse_usd_table)
@@ -364,7 +526,11 @@ int main(void)
 	RUN(snapshot_plus_journal_replay);
 	RUN(crash_between_rename_and_truncate_is_harmless);
 	RUN(corrupt_snapshot_refused);
-	RUN(second_writer_locked_out);
+	RUN(second_writer_waits_then_gives_up);
+	RUN(writer_waits_for_reader);
+	RUN(readonly_open_reports_tail_without_cutting);
+	RUN(import_good_short_duplicate);
+	RUN(create_many_one_snapshot);
 	RUN(parse_usd_table);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir_template);
