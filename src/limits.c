@@ -431,6 +431,67 @@ static inline bool take(const struct sl_limiter *l, struct core_slot *r, int d, 
 	}
 }
 
+/* The slow path of a refusal: this core's word is short, but the allowance
+ * may sit on another core's word until the next reconcile pass moves it (a
+ * key of limit 3 on 2 cores has shares 2 and 1: its third sequential request
+ * on one connection would be refused for up to one period). Take it from
+ * there. That is a compare-and-swap on another core's line, but only on this
+ * path; an admitted request on the common path still writes only its own
+ * line. Conservation holds exactly as for a local take (the units move from
+ * a word to the ticket), so the overshoot bounds are unchanged; only
+ * refusals that the limit does not justify go away. */
+static void give(_Atomic uint64_t *w, uint32_t tag, int64_t amount);
+
+static bool take_remote(const struct sl_limiter *l, uint32_t self, uint32_t slot, int d, uint32_t tag,
+                        int64_t amount, uint64_t limit, uint32_t *out_tag)
+{
+	if (l->cfg.local_only)
+		return false;
+	for (uint32_t k = 1; k < l->cfg.cores; k++) {
+		uint32_t core = (self + k) % l->cfg.cores;
+		if (take(l, &l->cores[core].slots[slot], d, tag, amount, limit, core, slot, out_tag))
+			return true;
+	}
+	if (d != DIM_TOKENS || amount <= 1)
+		return false;
+	/* A token estimate larger than any one word but not than their sum:
+	 * gather it piece by piece, own word first; if the words drained
+	 * meanwhile, give the pieces back to this core's word (conservation
+	 * again: the units only move). */
+	int64_t got = 0;
+	for (uint32_t k = 0; k < l->cfg.cores && got < amount; k++) {
+		uint32_t core = (self + k) % l->cfg.cores;
+		_Atomic uint64_t *w = &l->cores[core].slots[slot].word[d];
+		uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
+		for (;;) {
+			if (word_tag(v) != tag) {
+				if (tag_cmp(word_tag(v), tag) > 0)
+					break; /* a newer period: not ours to take */
+				uint64_t fresh = word_make(tag, share_of(limit, l->cfg.cores, core, slot));
+				if (!atomic_compare_exchange_weak_explicit(w, &v, fresh, memory_order_relaxed,
+				                                           memory_order_relaxed))
+					continue;
+				v = fresh;
+			}
+			int64_t piece = SL_MIN(word_rem(v), amount - got);
+			if (piece <= 0)
+				break;
+			if (atomic_compare_exchange_weak_explicit(w, &v, v - word_delta(piece), memory_order_relaxed,
+			                                          memory_order_relaxed)) {
+				got += piece;
+				break;
+			}
+		}
+	}
+	if (got == amount) {
+		*out_tag = tag;
+		return true;
+	}
+	if (got > 0)
+		give(&l->cores[self].slots[slot].word[d], tag, got);
+	return false;
+}
+
 /* Adds amount back to a word if it still belongs to period tag; a unit of a
  * period that has ended is dropped (giving it to the next would overshoot). */
 static void give(_Atomic uint64_t *w, uint32_t tag, int64_t amount)
@@ -461,30 +522,22 @@ static void charge(const struct sl_limiter *l, struct core_slot *r, uint32_t tag
 	}
 }
 
-/* The slot's remaining allowance on all cores, estimated by this core: the
- * global remaining published by the last pass of this period minus what this
- * core consumed since; without one, the limit minus what this core consumed
- * of its share. Clamped to [0, limit]. */
+/* The slot's remaining allowance on all cores: the sum of every core's word
+ * of this period (a word still of an older period counts as its core's
+ * static share, which it will be initialised to). Reading the other cores'
+ * words costs a load of each of their lines, no write; it is exact but for
+ * allowance a reconcile pass holds in its pool for the few instructions
+ * between taking and giving. Clamped to [0, limit]. */
 static int64_t global_remaining(const struct sl_limiter *l, const struct slot_shared *sh, const struct core_slot *r,
                                 int d, uint32_t tag, uint64_t limit, uint32_t core, uint32_t slot)
 {
-	uint64_t v = atomic_load_explicit(&r->word[d], memory_order_relaxed);
-	bool current = tag_cmp(word_tag(v), tag) >= 0;
-	int64_t share = -1, mine;
-	if (current) {
-		mine = word_rem(v);
-	} else {
-		share = share_of(limit, l->cfg.cores, core, slot);
-		mine = share;
-	}
-	uint64_t pub = atomic_load_explicit(&sh->published[d], memory_order_acquire);
-	int64_t g;
-	if (word_tag(pub) == tag) {
-		g = word_rem(pub) - (atomic_load_explicit(&r->published_rem[d], memory_order_relaxed) - mine);
-	} else {
-		if (share < 0)
-			share = share_of(limit, l->cfg.cores, core, slot);
-		g = (int64_t)limit - share + mine;
+	(void)sh;
+	(void)r;
+	(void)core;
+	int64_t g = 0;
+	for (uint32_t c = 0; c < l->cfg.cores; c++) {
+		uint64_t v = atomic_load_explicit(&l->cores[c].slots[slot].word[d], memory_order_relaxed);
+		g += tag_cmp(word_tag(v), tag) >= 0 ? word_rem(v) : share_of(limit, l->cfg.cores, c, slot);
 	}
 	return g < 0 ? 0 : SL_MIN(g, (int64_t)limit);
 }
@@ -573,13 +626,16 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 		own_add(&r->tokens_asked, tokens);
 
 	if (lim[DIM_DAILY]) {
-		if (take(l, r, DIM_DAILY, cs->p.day_tag, 1, lim[DIM_DAILY], core, slot, &t.day_tag))
+		if (take(l, r, DIM_DAILY, cs->p.day_tag, 1, lim[DIM_DAILY], core, slot, &t.day_tag) ||
+		    take_remote(l, core, slot, DIM_DAILY, cs->p.day_tag, 1, lim[DIM_DAILY], &t.day_tag))
 			t.held |= SL_LIMIT_HELD_DAILY;
 		else
 			refused = SL_LIMIT_DAILY;
 	}
 	if (!refused && lim[DIM_REQUESTS]) {
-		if (take(l, r, DIM_REQUESTS, cs->p.window_tag, 1, lim[DIM_REQUESTS], core, slot, &t.window_tag))
+		if (take(l, r, DIM_REQUESTS, cs->p.window_tag, 1, lim[DIM_REQUESTS], core, slot, &t.window_tag) ||
+		    take_remote(l, core, slot, DIM_REQUESTS, cs->p.window_tag, 1, lim[DIM_REQUESTS],
+		                &t.window_tag))
 			t.held |= SL_LIMIT_HELD_REQUESTS;
 		else
 			refused = SL_LIMIT_REQUESTS;
@@ -588,7 +644,9 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 		if (SL_UNLIKELY(tokens > lim[DIM_TOKENS])) {
 			refused = SL_LIMIT_TOO_LARGE;
 		} else if (take(l, r, DIM_TOKENS, cs->p.window_tag, (int64_t)tokens, lim[DIM_TOKENS], core, slot,
-		                &tokens_tag)) {
+		                &tokens_tag) ||
+		           take_remote(l, core, slot, DIM_TOKENS, cs->p.window_tag, (int64_t)tokens,
+		                       lim[DIM_TOKENS], &tokens_tag)) {
 			t.held |= SL_LIMIT_HELD_TOKENS;
 			t.tokens_reserved = tokens;
 			if (!(t.held & SL_LIMIT_HELD_REQUESTS))
@@ -603,7 +661,8 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 	}
 	if (!refused && lim[DIM_CONCURRENT]) {
 		uint32_t unused;
-		if (take(l, r, DIM_CONCURRENT, TAG_CONCURRENT, 1, lim[DIM_CONCURRENT], core, slot, &unused))
+		if (take(l, r, DIM_CONCURRENT, TAG_CONCURRENT, 1, lim[DIM_CONCURRENT], core, slot, &unused) ||
+		    take_remote(l, core, slot, DIM_CONCURRENT, TAG_CONCURRENT, 1, lim[DIM_CONCURRENT], &unused))
 			t.held |= SL_LIMIT_HELD_CONCURRENT;
 		else
 			refused = SL_LIMIT_CONCURRENT;

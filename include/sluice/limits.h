@@ -56,6 +56,9 @@ struct sl_limiter_config {
 	uint32_t reconcile_ms;       /* the caller's reconcile period, for Retry-After; 0: 50 */
 	uint32_t day_reset_hour_utc; /* 0..23 */
 	uint32_t active_max;         /* slots the reconciler tracks at once; 0: 65536 */
+	/* Unit tests of the reconciler alone: no refusal slow path that takes
+	 * allowance from other cores' words (see take_remote in limits.c). */
+	bool local_only;
 };
 
 enum sl_limit_kind {

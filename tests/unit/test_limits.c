@@ -21,7 +21,20 @@ static struct sl_limiter *make(uint32_t cores, uint32_t slots, uint32_t window_m
 {
 	struct sl_limiter_config cfg = {
 		.cores = cores, .slots = slots, .window_ms = window_ms, .reconcile_ms = 50,
-		.day_reset_hour_utc = hour, .active_max = 1024,
+		.day_reset_hour_utc = hour, .active_max = 1024, .local_only = true,
+	};
+	struct sl_limiter *l = NULL;
+	SL_ASSERT(sl_limiter_create(&cfg, &l) == 0);
+	return l;
+}
+
+/* As the gateway runs it: a core short of allowance takes it from the
+ * others' words on the refusal path. */
+static struct sl_limiter *make_shared(uint32_t cores, uint32_t slots)
+{
+	struct sl_limiter_config cfg = {
+		.cores = cores, .slots = slots, .window_ms = 60000, .reconcile_ms = 50,
+		.active_max = 1024,
 	};
 	struct sl_limiter *l = NULL;
 	SL_ASSERT(sl_limiter_create(&cfg, &l) == 0);
@@ -145,8 +158,8 @@ TEST(idle_core_gives_back_within_one_pass)
 	/* refused, but allowance exists on core 1: come back after one pass */
 	CHECK_EQ_INT(sl_limiter_admit(l, 0, 0, 0, T0 + 10, &t, &rep), SL_LIMIT_REQUESTS);
 	CHECK_EQ_INT(rep.retry_after_ms, 50);
-	/* no pass yet: limit - this core's consumption (core 1's one unseen) */
-	CHECK_EQ_INT(rep.requests_remaining, 30);
+	/* exact, before any pass: 60 - 30 - core 1's one */
+	CHECK_EQ_INT(rep.requests_remaining, 29);
 	sl_limiter_reconcile(l, T0 + 50);
 	busy += drain(l, 0, 0, 0, T0 + 60);
 	CHECK_EQ_INT(busy, 59);
@@ -190,7 +203,7 @@ TEST(report_remaining_values)
 	set4(l, 0, 10, 1000, 4, 100);
 	struct sl_limit_ticket t[8];
 	struct sl_limit_report rep;
-	/* before any pass: limit - this core's consumption */
+	/* before any pass too, remaining sums every core's word */
 	CHECK_EQ_INT(sl_limiter_admit(l, 0, 0, 100, T0, &t[0], &rep), SL_LIMIT_NONE);
 	CHECK_EQ_INT(rep.requests_limit, 10);
 	CHECK_EQ_INT(rep.requests_remaining, 9);
@@ -202,7 +215,7 @@ TEST(report_remaining_values)
 	CHECK_EQ_INT(rep.daily_remaining, 99);
 	CHECK_EQ_INT(rep.daily_reset_unix_ms, T0 + 86400000);
 	CHECK_EQ_INT(sl_limiter_admit(l, 1, 0, 100, T0, &t[1], &rep), SL_LIMIT_NONE);
-	CHECK_EQ_INT(rep.requests_remaining, 9); /* core 0's admission not seen yet */
+	CHECK_EQ_INT(rep.requests_remaining, 8); /* exact: core 0's word is read too */
 	sl_limiter_reconcile(l, T0 + 50);
 	CHECK_EQ_INT(sl_limiter_admit(l, 0, 0, 100, T0 + 60, &t[2], &rep), SL_LIMIT_NONE);
 	CHECK_EQ_INT(rep.requests_remaining, 7);
@@ -879,8 +892,58 @@ TEST(create_rejects_bad_config)
 	sl_limiter_free(NULL);
 }
 
+TEST(refusal_path_takes_from_other_cores)
+{
+	/* limit 3 on 2 cores: one core admits all 3 with no pass at all, the
+	 * fourth is refused, and the other core has nothing left either */
+	struct sl_limiter *l = make_shared(2, 4);
+	set4(l, 1, 3, 0, 0, 0);
+	CHECK_EQ_INT(drain(l, 0, 1, 0, T0), 3);
+	struct sl_limit_ticket t;
+	struct sl_limit_report rep;
+	CHECK_EQ_INT(sl_limiter_admit(l, 1, 1, 0, T0, &t, &rep), SL_LIMIT_REQUESTS);
+	CHECK_EQ_INT(rep.requests_remaining, 0);
+	CHECK_EQ_INT(rep.retry_after_ms, 60000 - (T0 % 60000));
+	sl_limiter_free(l);
+}
+
+TEST(token_estimate_gathered_across_cores)
+{
+	/* tpm 3000 on 2 cores (1500 each): 1000 + 1000 fit one word each, the
+	 * third 1000 only in the sum of the two words' rest (500 + 500) */
+	struct sl_limiter *l = make_shared(2, 4);
+	set4(l, 2, 0, 3000, 0, 0);
+	struct sl_limit_ticket t[4];
+	struct sl_limit_report rep;
+	CHECK_EQ_INT(sl_limiter_admit(l, 0, 2, 1000, T0, &t[0], &rep), SL_LIMIT_NONE);
+	CHECK_EQ_INT(sl_limiter_admit(l, 1, 2, 1000, T0, &t[1], &rep), SL_LIMIT_NONE);
+	CHECK_EQ_INT(sl_limiter_admit(l, 0, 2, 1000, T0, &t[2], &rep), SL_LIMIT_NONE);
+	CHECK_EQ_INT(rep.tokens_remaining, 0);
+	CHECK_EQ_INT(sl_limiter_admit(l, 1, 2, 1, T0, &t[3], &rep), SL_LIMIT_TOKENS);
+	/* real usage smaller: the difference comes back */
+	sl_limiter_finish(l, 0, &t[2], 400, T0 + 1);
+	CHECK_EQ_INT(sl_limiter_admit(l, 1, 2, 600, T0 + 2, &t[3], &rep), SL_LIMIT_NONE);
+	sl_limiter_free(l);
+}
+
+TEST(remaining_is_exact_across_cores)
+{
+	struct sl_limiter *l = make_shared(4, 4);
+	set4(l, 0, 10, 0, 0, 0);
+	struct sl_limit_ticket t;
+	struct sl_limit_report rep;
+	for (uint32_t i = 0; i < 10; i++) {
+		CHECK_EQ_INT(sl_limiter_admit(l, i % 4, 0, 0, T0, &t, &rep), SL_LIMIT_NONE);
+		CHECK_EQ_INT(rep.requests_remaining, 9 - i);
+	}
+	sl_limiter_free(l);
+}
+
 int main(void)
 {
+	RUN(refusal_path_takes_from_other_cores);
+	RUN(token_estimate_gathered_across_cores);
+	RUN(remaining_is_exact_across_cores);
 	if (!mkdtemp(dir_template)) {
 		perror("mkdtemp");
 		return 1;
