@@ -52,21 +52,26 @@ _Static_assert((CONTROL_RING_LEN & (CONTROL_RING_LEN - 1)) == 0, "ring lengths a
 
 /* One core's state for one slot. */
 struct core_slot {
-	/* line 1: written by the owning core on the request path (and, rarely,
-	 * by the reconciler's compare-and-swap on word[]) */
+	/* line 1: written by the owning core on the request path (and by the
+	 * reconciler: compare-and-swap on word[], clearing queued) */
 	_Atomic uint64_t word[DIM_NUM];
 	_Atomic uint64_t attempts;     /* requests tried, admitted or refused; monotonic */
 	_Atomic uint64_t tokens_asked; /* estimates tried + extras charged; monotonic */
 	_Atomic uint64_t last_admit_ms;
-	uint32_t touched_tag; /* window tag of the last activation; owning core only */
-	uint32_t unused_;
-	/* line 2: written by the reconciler, read by the core */
+	_Atomic uint32_t queued;        /* in this core's ring, not drained yet */
+	_Atomic uint32_t tokens_needed; /* largest estimate refused since the last pass */
+	/* line 2: written by the reconciler when it changes, read by the core */
 	_Atomic int64_t published_rem[DIM_NUM]; /* this word's remaining at the last publication */
-	_Atomic uint64_t tokens_needed;         /* largest estimate refused since the last pass (core stores) */
-	uint64_t seen_attempts, seen_tokens_asked; /* reconciler only */
-	uint64_t unused2_;
+	uint64_t unused_[4];
 };
 _Static_assert(sizeof(struct core_slot) == 2 * CACHE_LINE, "two lines per core and slot");
+
+/* The reconciler's private view of one (slot, core), dense per slot so a
+ * visit reads a few consecutive lines instead of one line per core. */
+struct recon_core {
+	uint64_t seen_attempts, seen_tokens_asked;
+	int64_t published_rem[DIM_NUM]; /* copy of core_slot.published_rem */
+};
 
 /* Read by every core, written by the control thread (first set) and the
  * reconciler. */
@@ -81,14 +86,14 @@ struct slot_state {
 	_Atomic uint64_t requested[DIM_NUM]; /* control thread: the limits asked for */
 	_Atomic uint32_t pending;            /* control sets, reconciler clears */
 	uint8_t configured;                  /* control thread: dimensions ever set non-zero */
-	uint8_t active, known;               /* reconciler: in the active list, in the known list */
-	uint8_t unused_;
+	uint8_t known;                       /* reconciler: in the known list */
+	uint16_t unused_;
+	uint32_t visit_pass; /* reconciler: the pass whose visit list holds the slot */
 	uint64_t basis[DIM_NUM]; /* the limit the pool accounts for (kept while unlimited) */
 	int64_t pool[DIM_NUM];
 	uint32_t pool_tag[DIM_NUM];
 	int64_t used_index[3]; /* requests, tokens, daily: period of used[] */
-	uint64_t used[3];      /* consumption at the last pass, for the state file */
-	int64_t last_demand_window;
+	uint64_t used[3];      /* consumption at the last visit, for the state file */
 	uint64_t last_used_ms;
 };
 
@@ -111,7 +116,7 @@ struct core_state {
 	alignas(CACHE_LINE) struct core_slot *slots;
 	int64_t valid_from_ms, valid_until_ms; /* p holds for now in [from, until) */
 	struct periods p;
-	struct ring ring; /* slots first touched in a window -> reconciler */
+	struct ring ring; /* slots touched since their last visit -> reconciler */
 };
 
 struct sl_limiter {
@@ -119,11 +124,15 @@ struct sl_limiter {
 	struct core_state *cores;
 	struct slot_shared *shared;
 	struct slot_state *state;
-	size_t core_slots_bytes, shared_bytes, state_bytes, known_bytes;
+	struct recon_core *recon; /* [slot * cores + core] */
+	size_t core_slots_bytes, shared_bytes, state_bytes, known_bytes, recon_bytes;
 	/* reconciler */
-	uint32_t *active;
-	uint32_t active_num;
-	uint32_t *known; /* every slot ever activated or restored: what save writes */
+	uint32_t pass;
+	uint32_t *visit; /* this pass's slots, active_max at most */
+	uint32_t visit_num;
+	uint32_t *retry; /* limit changes postponed to the next pass */
+	uint32_t retry_num;
+	uint32_t *known; /* every slot ever visited or restored: what save writes */
 	uint32_t known_num;
 	int64_t *rem, *target;
 	uint64_t *demand_attempts, *demand_tokens, *need, *none;
@@ -297,18 +306,22 @@ int sl_limiter_create(const struct sl_limiter_config *cfg, struct sl_limiter **o
 	l->shared_bytes = (size_t)c.slots * sizeof(struct slot_shared);
 	l->state_bytes = (size_t)c.slots * sizeof(struct slot_state);
 	l->known_bytes = (size_t)c.slots * sizeof(uint32_t);
+	l->recon_bytes = (size_t)c.slots * c.cores * sizeof(struct recon_core);
 	l->cores = aligned_alloc(CACHE_LINE, c.cores * sizeof(struct core_state));
 	l->shared = big_alloc(l->shared_bytes);
 	l->state = big_alloc(l->state_bytes);
 	l->known = big_alloc(l->known_bytes);
-	l->active = calloc(c.active_max, sizeof(uint32_t));
+	l->recon = big_alloc(l->recon_bytes);
+	l->visit = calloc(c.active_max, sizeof(uint32_t));
+	l->retry = calloc(c.active_max, sizeof(uint32_t));
 	l->rem = calloc(c.cores, sizeof(int64_t));
 	l->target = calloc(c.cores, sizeof(int64_t));
 	l->demand_attempts = calloc(c.cores, sizeof(uint64_t));
 	l->demand_tokens = calloc(c.cores, sizeof(uint64_t));
 	l->need = calloc(c.cores, sizeof(uint64_t));
 	l->none = calloc(c.cores, sizeof(uint64_t));
-	bool ok = l->cores && l->shared && l->state && l->known && l->active && l->rem && l->target &&
+	bool ok = l->cores && l->shared && l->state && l->known && l->recon && l->visit && l->retry && l->rem &&
+	          l->target &&
 	          l->demand_attempts && l->demand_tokens && l->need && l->none &&
 	          ring_init(&l->control, CONTROL_RING_LEN) == 0;
 	if (l->cores) {
@@ -341,7 +354,9 @@ void sl_limiter_free(struct sl_limiter *l)
 	big_free(l->shared, l->shared_bytes);
 	big_free(l->state, l->state_bytes);
 	big_free(l->known, l->known_bytes);
-	free(l->active);
+	big_free(l->recon, l->recon_bytes);
+	free(l->visit);
+	free(l->retry);
 	free(l->rem);
 	free(l->target);
 	free(l->demand_attempts);
@@ -394,13 +409,20 @@ static void core_clock_set(const struct sl_limiter *l, struct core_state *cs, ui
 	cs->valid_until_ms = SL_MIN(cs->p.window_end_ms, cs->p.day_end_ms);
 }
 
-/* First touch of slot in this window: tell the reconciler. A full ring drops
- * the notice (counted); the slot then keeps its static shares this window. */
-static void core_activate(struct core_state *cs, struct core_slot *r, uint32_t slot)
+/* Queues slot for the next pass unless it is queued already; called after
+ * the words changed, so the pass that drains the entry sees the change. The
+ * reconciler clears queued when it drains the entry: a later touch queues
+ * the slot again. A full ring drops the entry (counted) and the next touch
+ * tries again; until then the slot's allowance stays where it is. */
+static inline void core_touch(struct core_state *cs, struct core_slot *r, uint32_t slot)
 {
-	r->touched_tag = cs->p.window_tag;
-	if (!ring_push(&cs->ring, slot))
+	if (atomic_load_explicit(&r->queued, memory_order_relaxed))
+		return;
+	atomic_store_explicit(&r->queued, 1, memory_order_relaxed);
+	if (SL_UNLIKELY(!ring_push(&cs->ring, slot))) {
+		atomic_store_explicit(&r->queued, 0, memory_order_relaxed);
 		own_add(&cs->ring.drops, 1);
+	}
 }
 
 /* Takes amount from this core's word of dimension d for the period `tag`.
@@ -607,8 +629,6 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 		core_clock_set(l, cs, now_unix_ms);
 	struct core_slot *r = &cs->slots[slot];
 	struct slot_shared *sh = &l->shared[slot];
-	if (SL_UNLIKELY(r->touched_tag != cs->p.window_tag))
-		core_activate(cs, r, slot);
 	own_add(&r->attempts, 1);
 
 	uint64_t lim[DIM_NUM];
@@ -655,8 +675,9 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 			/* Ask the reconciler for at least this much here, so an
 			 * estimate above this core's share is not starved. */
 			refused = SL_LIMIT_TOKENS;
-			if (tokens > atomic_load_explicit(&r->tokens_needed, memory_order_relaxed))
-				atomic_store_explicit(&r->tokens_needed, tokens, memory_order_relaxed);
+			uint32_t need = (uint32_t)SL_MIN(tokens, UINT32_MAX);
+			if (need > atomic_load_explicit(&r->tokens_needed, memory_order_relaxed))
+				atomic_store_explicit(&r->tokens_needed, need, memory_order_relaxed);
 		}
 	}
 	if (!refused && lim[DIM_CONCURRENT]) {
@@ -680,6 +701,7 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 	} else {
 		atomic_store_explicit(&r->last_admit_ms, now_unix_ms, memory_order_relaxed);
 	}
+	core_touch(cs, r, slot);
 	*out_ticket = t;
 	if (out_report)
 		report_fill(l, cs, sh, r, lim, core, slot, now, refused, tokens, out_report);
@@ -697,21 +719,22 @@ void sl_limiter_finish(struct sl_limiter *l, uint32_t core, const struct sl_limi
 	struct core_slot *r = &cs->slots[t->slot];
 	if (t->held & SL_LIMIT_HELD_CONCURRENT)
 		atomic_fetch_add_explicit(&r->word[DIM_CONCURRENT], word_delta(1), memory_order_relaxed);
-	if (!(t->held & SL_LIMIT_HELD_TOKENS) || tokens_actual == UINT64_MAX || tokens_actual == t->tokens_reserved)
-		return;
-	uint64_t actual = SL_MIN(tokens_actual, SL_LIMIT_VALUE_MAX);
-	if (actual < t->tokens_reserved) {
-		give(&r->word[DIM_TOKENS], t->window_tag, (int64_t)(t->tokens_reserved - actual));
-		return;
+	if ((t->held & SL_LIMIT_HELD_TOKENS) && tokens_actual != UINT64_MAX && tokens_actual != t->tokens_reserved) {
+		uint64_t actual = SL_MIN(tokens_actual, SL_LIMIT_VALUE_MAX);
+		if (actual < t->tokens_reserved) {
+			give(&r->word[DIM_TOKENS], t->window_tag, (int64_t)(t->tokens_reserved - actual));
+		} else {
+			int64_t now = (int64_t)now_unix_ms;
+			if (now < cs->valid_from_ms || now >= cs->valid_until_ms)
+				core_clock_set(l, cs, now_unix_ms);
+			uint64_t extra = actual - t->tokens_reserved;
+			own_add(&r->tokens_asked, extra);
+			uint64_t limit = atomic_load_explicit(&l->shared[t->slot].limit[DIM_TOKENS], memory_order_relaxed);
+			if (limit)
+				charge(l, r, cs->p.window_tag, (int64_t)extra, limit, t->core, t->slot);
+		}
 	}
-	int64_t now = (int64_t)now_unix_ms;
-	if (now < cs->valid_from_ms || now >= cs->valid_until_ms)
-		core_clock_set(l, cs, now_unix_ms);
-	uint64_t extra = actual - t->tokens_reserved;
-	own_add(&r->tokens_asked, extra);
-	uint64_t limit = atomic_load_explicit(&l->shared[t->slot].limit[DIM_TOKENS], memory_order_relaxed);
-	if (limit)
-		charge(l, r, cs->p.window_tag, (int64_t)extra, limit, t->core, t->slot);
+	core_touch(cs, r, t->slot);
 }
 
 void sl_limiter_cancel(struct sl_limiter *l, uint32_t core, const struct sl_limit_ticket *t, uint64_t now_unix_ms)
@@ -719,7 +742,10 @@ void sl_limiter_cancel(struct sl_limiter *l, uint32_t core, const struct sl_limi
 	SL_ASSERT_HOT(core == t->core && core < l->cfg.cores && t->slot < l->cfg.slots);
 	(void)core;
 	(void)now_unix_ms;
-	struct core_slot *r = &l->cores[t->core].slots[t->slot];
+	if (!t->held)
+		return;
+	struct core_state *cs = &l->cores[t->core];
+	struct core_slot *r = &cs->slots[t->slot];
 	if (t->held & SL_LIMIT_HELD_CONCURRENT)
 		atomic_fetch_add_explicit(&r->word[DIM_CONCURRENT], word_delta(1), memory_order_relaxed);
 	if (t->held & SL_LIMIT_HELD_DAILY)
@@ -728,6 +754,7 @@ void sl_limiter_cancel(struct sl_limiter *l, uint32_t core, const struct sl_limi
 		give(&r->word[DIM_REQUESTS], t->window_tag, 1);
 	if (t->held & SL_LIMIT_HELD_TOKENS)
 		give(&r->word[DIM_TOKENS], t->window_tag, (int64_t)t->tokens_reserved);
+	core_touch(cs, r, t->slot);
 }
 
 /* --- the reconciler ----------------------------------------------------------------------- */
@@ -882,11 +909,13 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 	}
 
 	int64_t global = st->pool[d];
+	struct recon_core *rc = &l->recon[(size_t)slot * n];
 	for (uint32_t c = 0; c < n; c++) {
 		global += rem[c];
-		_Atomic int64_t *pr = &l->cores[c].slots[slot].published_rem[d];
-		if (atomic_load_explicit(pr, memory_order_relaxed) != rem[c])
-			atomic_store_explicit(pr, rem[c], memory_order_relaxed);
+		if (rc[c].published_rem[d] != rem[c]) {
+			rc[c].published_rem[d] = rem[c];
+			atomic_store_explicit(&l->cores[c].slots[slot].published_rem[d], rem[c], memory_order_relaxed);
+		}
 	}
 	uint64_t pub = word_make(tag, SL_MAX(SL_MIN(global, REMAINING_MAX), -REMAINING_MAX));
 	if (atomic_load_explicit(&sh->published[d], memory_order_relaxed) != pub)
@@ -934,120 +963,146 @@ static bool apply_requested(struct sl_limiter *l, uint32_t slot, const struct pe
 	return true;
 }
 
-/* Adds slot to the known list and the active list. Returns false if the
- * active list is full. */
-static bool activate(struct sl_limiter *l, uint32_t slot)
+/* Remembers slot for sl_limiter_save. */
+static void known_add(struct sl_limiter *l, uint32_t slot)
 {
 	struct slot_state *st = &l->state[slot];
 	if (!st->known) {
 		st->known = 1;
 		l->known[l->known_num++] = slot;
 	}
-	if (st->active)
-		return true;
-	if (l->active_num == l->cfg.active_max) {
-		atomic_fetch_add_explicit(&l->active_overflow, 1, memory_order_relaxed);
-		return false;
-	}
-	st->active = 1;
-	l->active[l->active_num++] = slot;
-	return true;
 }
 
-/* One slot's pass. Returns whether it stays active: it is dropped after two
- * windows without a request, when nothing is in flight and no change waits. */
+/* Adds slot to this pass's visit list, once. When the list is full the slot
+ * waits for its next touch (its queued flags are already clear). */
+static void visit_add(struct sl_limiter *l, uint32_t slot)
+{
+	struct slot_state *st = &l->state[slot];
+	if (st->visit_pass == l->pass)
+		return;
+	if (l->visit_num == l->cfg.active_max) {
+		atomic_fetch_add_explicit(&l->active_overflow, 1, memory_order_relaxed);
+		if (atomic_load_explicit(&st->pending, memory_order_relaxed))
+			atomic_store_explicit(&l->rescan, 1, memory_order_relaxed);
+		return;
+	}
+	st->visit_pass = l->pass;
+	l->visit[l->visit_num++] = slot;
+}
+
+/* One slot's visit: applies a pending limit change, reads what each core
+ * asked for since the last visit, rebalances every limited dimension.
+ * Returns false if a limit change had to be postponed. */
 static bool visit(struct sl_limiter *l, uint32_t slot, const struct periods *p)
 {
 	struct slot_state *st = &l->state[slot];
 	struct slot_shared *sh = &l->shared[slot];
 	uint32_t n = l->cfg.cores;
+	known_add(l, slot);
 	for (int d = 0; d < DIM_NUM; d++) {
 		uint64_t lim = atomic_load_explicit(&sh->limit[d], memory_order_acquire);
 		if (st->basis[d] == 0 && lim)
 			st->basis[d] = lim; /* set directly by sl_limiter_set */
 	}
-	bool pending = false;
+	bool postponed = false;
 	if (atomic_load_explicit(&st->pending, memory_order_acquire) &&
 	    atomic_exchange_explicit(&st->pending, 0, memory_order_acq_rel) && !apply_requested(l, slot, p)) {
-		pending = true;
+		postponed = true;
 		atomic_store_explicit(&st->pending, 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&l->postponed, 1, memory_order_relaxed);
 	}
 
-	uint64_t asked = 0, last_used = st->last_used_ms;
+	uint64_t last_used = st->last_used_ms;
+	struct recon_core *rc = &l->recon[(size_t)slot * n];
 	for (uint32_t c = 0; c < n; c++) {
 		struct core_slot *r = &l->cores[c].slots[slot];
 		uint64_t a = atomic_load_explicit(&r->attempts, memory_order_relaxed);
 		uint64_t tk = atomic_load_explicit(&r->tokens_asked, memory_order_relaxed);
-		l->demand_attempts[c] = a - r->seen_attempts;
-		l->demand_tokens[c] = tk - r->seen_tokens_asked;
-		r->seen_attempts = a;
-		r->seen_tokens_asked = tk;
-		asked += l->demand_attempts[c];
+		l->demand_attempts[c] = a - rc[c].seen_attempts;
+		l->demand_tokens[c] = tk - rc[c].seen_tokens_asked;
+		rc[c].seen_attempts = a;
+		rc[c].seen_tokens_asked = tk;
 		l->need[c] = atomic_load_explicit(&r->tokens_needed, memory_order_relaxed);
 		if (l->need[c])
 			l->need[c] = atomic_exchange_explicit(&r->tokens_needed, 0, memory_order_relaxed);
 		last_used = SL_MAX(last_used, atomic_load_explicit(&r->last_admit_ms, memory_order_relaxed));
 	}
 	st->last_used_ms = last_used;
-	if (asked)
-		st->last_demand_window = p->window_index;
 
-	uint64_t in_flight = 0;
 	for (int d = 0; d < DIM_NUM; d++) {
 		if (!atomic_load_explicit(&sh->limit[d], memory_order_relaxed))
 			continue;
 		const uint64_t *demand = d == DIM_TOKENS ? l->demand_tokens : l->demand_attempts;
 		const uint64_t *floor = d == DIM_TOKENS ? l->need : l->none;
 		uint64_t used = rebalance(l, slot, d, p, demand, floor);
-		if (d == DIM_CONCURRENT) {
-			in_flight = used;
-		} else {
+		if (d != DIM_CONCURRENT) {
 			st->used[d] = used;
 			st->used_index[d] = dim_index(p, d);
 		}
 	}
-	return pending || p->window_index < st->last_demand_window + 2 || in_flight > 0;
+	return !postponed;
 }
 
-/* A slot that could not join the active list: handle its change now and come
- * back through a rescan if it must wait. */
-static void visit_untracked(struct sl_limiter *l, uint32_t slot, const struct periods *p)
+/* Starts loading the lines a visit of slot reads. */
+static void visit_prefetch(const struct sl_limiter *l, uint32_t slot)
 {
-	if (!activate(l, slot)) {
-		visit(l, slot, p);
-		if (atomic_load_explicit(&l->state[slot].pending, memory_order_relaxed))
-			atomic_store_explicit(&l->rescan, 1, memory_order_relaxed);
-	}
+	uint32_t n = l->cfg.cores;
+	for (uint32_t c = 0; c < n; c++)
+		__builtin_prefetch(&l->cores[c].slots[slot]);
+	const char *rc = (const char *)&l->recon[(size_t)slot * n];
+	for (size_t off = 0; off < n * sizeof(struct recon_core); off += CACHE_LINE)
+		__builtin_prefetch(rc + off);
+	__builtin_prefetch(&l->state[slot]);
+	__builtin_prefetch(&l->shared[slot]);
 }
 
 void sl_limiter_reconcile(struct sl_limiter *l, uint64_t now_unix_ms)
 {
 	struct periods p;
 	periods_at(l, now_unix_ms, &p);
+	if (++l->pass == 0)
+		l->pass = 1; /* 0 marks "never visited" */
+	l->visit_num = 0;
 	uint32_t slot;
-	for (uint32_t c = 0; c < l->cfg.cores; c++)
-		while (ring_pop(&l->cores[c].ring, &slot))
-			activate(l, slot);
+	for (uint32_t i = 0; i < l->retry_num; i++)
+		visit_add(l, l->retry[i]);
+	l->retry_num = 0;
+	/* What the cores touched. Clearing queued before the visit lets a touch
+	 * that lands after it queue the slot again for the next pass. At most
+	 * one ring's worth per core, so a flood cannot hold the pass. */
+	for (uint32_t c = 0; c < l->cfg.cores; c++) {
+		struct core_state *cs = &l->cores[c];
+		for (uint32_t k = 0; k <= cs->ring.mask && ring_pop(&cs->ring, &slot); k++) {
+			atomic_store_explicit(&cs->slots[slot].queued, 0, memory_order_relaxed);
+			visit_add(l, slot);
+		}
+	}
+	atomic_thread_fence(memory_order_seq_cst);
 	while (ring_pop(&l->control, &slot))
-		visit_untracked(l, slot, &p);
+		visit_add(l, slot);
 	if (atomic_load_explicit(&l->rescan, memory_order_relaxed) &&
 	    atomic_exchange_explicit(&l->rescan, 0, memory_order_acquire)) {
 		for (slot = 0; slot < l->cfg.slots; slot++)
 			if (atomic_load_explicit(&l->state[slot].pending, memory_order_relaxed))
-				visit_untracked(l, slot, &p);
+				visit_add(l, slot);
 	}
-	/* Backwards, so a removal (the last entry moves into its place) never
-	 * skips an entry not yet visited. */
-	for (uint32_t i = l->active_num; i-- > 0;) {
-		slot = l->active[i];
+	/* Each visit misses on a line per core: fetch the next slots' lines
+	 * while this one is worked on. */
+	for (uint32_t i = 0; i < l->visit_num && i < 2; i++)
+		visit_prefetch(l, l->visit[i]);
+	for (uint32_t i = 0; i < l->visit_num; i++) {
+		if (i + 2 < l->visit_num)
+			visit_prefetch(l, l->visit[i + 2]);
+		slot = l->visit[i];
 		if (!visit(l, slot, &p)) {
-			l->state[slot].active = 0;
-			l->active[i] = l->active[--l->active_num];
+			if (l->retry_num < l->cfg.active_max)
+				l->retry[l->retry_num++] = slot;
+			else
+				atomic_store_explicit(&l->rescan, 1, memory_order_relaxed);
 		}
 	}
 	atomic_fetch_add_explicit(&l->passes, 1, memory_order_relaxed);
-	atomic_store_explicit(&l->active_num_published, l->active_num, memory_order_relaxed);
+	atomic_store_explicit(&l->active_num_published, l->visit_num, memory_order_relaxed);
 }
 
 void sl_limiter_stats(const struct sl_limiter *l, struct sl_limiter_stats *out)
@@ -1362,13 +1417,13 @@ struct restore_ctx {
 /* Makes `used` of dimension d consumed in the current period: every core's
  * word gets its share of what is left, and the pool carries any excess of
  * used over the limit (so the rebalance gives nothing out). */
-static bool restore_dim(struct sl_limiter *l, uint32_t slot, int d, const struct periods *p, uint64_t used)
+static void restore_dim(struct sl_limiter *l, uint32_t slot, int d, const struct periods *p, uint64_t used)
 {
 	struct slot_state *st = &l->state[slot];
 	struct slot_shared *sh = &l->shared[slot];
 	uint64_t limit = atomic_load_explicit(&sh->limit[d], memory_order_relaxed);
 	if (!limit)
-		return false;
+		return;
 	used = SL_MIN(used, SL_LIMIT_VALUE_MAX);
 	uint64_t left = used < limit ? limit - used : 0;
 	uint32_t tag = dim_tag(p, d);
@@ -1377,6 +1432,7 @@ static bool restore_dim(struct sl_limiter *l, uint32_t slot, int d, const struct
 		int64_t share = share_of(left, l->cfg.cores, c, slot);
 		atomic_store_explicit(&r->word[d], word_make(tag, share), memory_order_relaxed);
 		atomic_store_explicit(&r->published_rem[d], share, memory_order_relaxed);
+		l->recon[(size_t)slot * l->cfg.cores + c].published_rem[d] = share;
 	}
 	st->basis[d] = limit;
 	st->pool[d] = (int64_t)limit - (int64_t)used - (int64_t)left;
@@ -1384,7 +1440,6 @@ static bool restore_dim(struct sl_limiter *l, uint32_t slot, int d, const struct
 	st->used[d] = used;
 	st->used_index[d] = dim_index(p, d);
 	atomic_store_explicit(&sh->published[d], word_make(tag, (int64_t)left), memory_order_release);
-	return true;
 }
 
 static void restore_record(void *arg, const struct state_record *rec)
@@ -1397,21 +1452,14 @@ static void restore_record(void *arg, const struct state_record *rec)
 	struct slot_state *st = &l->state[slot];
 	bool windows_same = rc->hdr->window_ms == l->cfg.window_ms;
 	bool days_same = rc->hdr->day_reset_hour_utc == l->cfg.day_reset_hour_utc;
-	bool restored = false;
 	if (windows_same && rec->requests_index == rc->p.window_index && rec->requests_used)
-		restored |= restore_dim(l, (uint32_t)slot, DIM_REQUESTS, &rc->p, rec->requests_used);
+		restore_dim(l, (uint32_t)slot, DIM_REQUESTS, &rc->p, rec->requests_used);
 	if (windows_same && rec->tokens_index == rc->p.window_index && rec->tokens_used)
-		restored |= restore_dim(l, (uint32_t)slot, DIM_TOKENS, &rc->p, rec->tokens_used);
+		restore_dim(l, (uint32_t)slot, DIM_TOKENS, &rc->p, rec->tokens_used);
 	if (days_same && rec->day_index == rc->p.day_index && rec->day_used)
-		restored |= restore_dim(l, (uint32_t)slot, DIM_DAILY, &rc->p, rec->day_used);
+		restore_dim(l, (uint32_t)slot, DIM_DAILY, &rc->p, rec->day_used);
 	st->last_used_ms = SL_MAX(st->last_used_ms, rec->last_used_ms);
-	if (restored) {
-		st->last_demand_window = rc->p.window_index;
-		activate(l, (uint32_t)slot);
-	} else if (!st->known) {
-		st->known = 1;
-		l->known[l->known_num++] = (uint32_t)slot;
-	}
+	known_add(l, (uint32_t)slot);
 }
 
 int sl_limiter_load(struct sl_limiter *l, int dir_fd, int64_t (*slot_of)(void *ctx, const char *id), void *ctx,

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, TEST_TIER, TestError,  # noqa: E402
                      Closed, Conn, Server, base_config, build_request, chat_body, deep_merge, env,
-                     eventually, expect, expect_error, expect_status, import_key, main,
+                     eventually, expect, expect_error, import_key, main,
                      messages_body, sse_data, sse_event_names, test)
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
