@@ -60,26 +60,20 @@ struct core_slot {
 	_Atomic uint64_t last_admit_ms;
 	_Atomic uint32_t queued;        /* in this core's ring, not drained yet */
 	_Atomic uint32_t tokens_needed; /* largest estimate refused since the last pass */
-	/* line 2: written by the reconciler when it changes, read by the core */
-	_Atomic int64_t published_rem[DIM_NUM]; /* this word's remaining at the last publication */
-	uint64_t unused_[4];
 };
-_Static_assert(sizeof(struct core_slot) == 2 * CACHE_LINE, "two lines per core and slot");
+_Static_assert(sizeof(struct core_slot) == CACHE_LINE, "one line per core and slot");
 
 /* The reconciler's private view of one (slot, core), dense per slot so a
  * visit reads a few consecutive lines instead of one line per core. */
 struct recon_core {
 	uint64_t seen_attempts, seen_tokens_asked;
-	int64_t published_rem[DIM_NUM]; /* copy of core_slot.published_rem */
 };
 
 /* Read by every core, written by the control thread (first set) and the
- * reconciler. */
+ * reconciler (limit changes): read-mostly. */
 struct slot_shared {
-	_Atomic uint64_t limit[DIM_NUM];     /* in force; 0: unlimited */
-	_Atomic uint64_t published[DIM_NUM]; /* (tag, global remaining) at the last pass */
+	_Atomic uint64_t limit[DIM_NUM]; /* in force; 0: unlimited */
 };
-_Static_assert(sizeof(struct slot_shared) == CACHE_LINE, "one line per slot");
 
 /* The reconciler's (and the control thread's) state of one slot. */
 struct slot_state {
@@ -550,16 +544,17 @@ static void charge(const struct sl_limiter *l, struct core_slot *r, uint32_t tag
  * words costs a load of each of their lines, no write; it is exact but for
  * allowance a reconcile pass holds in its pool for the few instructions
  * between taking and giving. Clamped to [0, limit]. */
-static int64_t global_remaining(const struct sl_limiter *l, const struct slot_shared *sh, const struct core_slot *r,
-                                int d, uint32_t tag, uint64_t limit, uint32_t core, uint32_t slot)
+static int64_t global_remaining(const struct sl_limiter *l, int d, uint32_t tag, uint64_t limit, uint32_t slot)
 {
-	(void)sh;
-	(void)r;
-	(void)core;
+	uint32_t n = l->cfg.cores;
+	uint64_t share_base = limit / n, share_extra = limit % n; /* share_of, hoisted */
 	int64_t g = 0;
-	for (uint32_t c = 0; c < l->cfg.cores; c++) {
+	for (uint32_t c = 0; c < n; c++) {
 		uint64_t v = atomic_load_explicit(&l->cores[c].slots[slot].word[d], memory_order_relaxed);
-		g += tag_cmp(word_tag(v), tag) >= 0 ? word_rem(v) : share_of(limit, l->cfg.cores, c, slot);
+		if (tag_cmp(word_tag(v), tag) >= 0)
+			g += word_rem(v);
+		else
+			g += (int64_t)(share_base + ((uint64_t)((c + slot) % n) < share_extra ? 1 : 0));
 	}
 	return g < 0 ? 0 : SL_MIN(g, (int64_t)limit);
 }
@@ -569,15 +564,14 @@ static uint64_t until(int64_t end_ms, int64_t now)
 	return end_ms > now ? (uint64_t)(end_ms - now) : 0;
 }
 
-static void report_fill(const struct sl_limiter *l, const struct core_state *cs, const struct slot_shared *sh,
-                        const struct core_slot *r, const uint64_t *lim, uint32_t core, uint32_t slot, int64_t now,
-                        enum sl_limit_kind refused, uint64_t tokens, struct sl_limit_report *rep)
+static void report_fill(const struct sl_limiter *l, const struct core_state *cs, const uint64_t *lim, uint32_t slot,
+                        int64_t now, enum sl_limit_kind refused, uint64_t tokens, struct sl_limit_report *rep)
 {
 	const struct periods *p = &cs->p;
 	int64_t g[DIM_NUM] = { 0 };
 	for (int d = 0; d < DIM_NUM; d++)
 		if (lim[d])
-			g[d] = global_remaining(l, sh, r, d, dim_tag(p, d), lim[d], core, slot);
+			g[d] = global_remaining(l, d, dim_tag(p, d), lim[d], slot);
 	rep->requests_limit = lim[DIM_REQUESTS];
 	rep->requests_remaining = (uint64_t)g[DIM_REQUESTS];
 	rep->requests_reset_unix_ms = (uint64_t)p->window_end_ms;
@@ -704,7 +698,7 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 	core_touch(cs, r, slot);
 	*out_ticket = t;
 	if (out_report)
-		report_fill(l, cs, sh, r, lim, core, slot, now, refused, tokens, out_report);
+		report_fill(l, cs, lim, slot, now, refused, tokens, out_report);
 	return refused;
 }
 
@@ -788,14 +782,21 @@ static uint64_t add_sat(uint64_t a, uint64_t b)
 	return a + b < a ? UINT64_MAX : a + b;
 }
 
-/* Splits free among n cores. Each core wants twice what it asked for in the
- * last pass (at least its floor). If all wants fit, each gets its want and
- * the rest is spread evenly: nobody else wants it, so idle cores keep a share
- * for a burst. Otherwise floors first (when they fit), the rest in proportion
- * to demand, idle cores nothing. Remainders go to the highest demand.
- * Returns false (leave everything where it is) when nobody asked. */
-static bool targets_compute(int64_t free, uint32_t n, const uint64_t *demand, const uint64_t *floor,
-                            int64_t *target)
+/* Splits free (pool + the words' remaining) among n cores, given each
+ * core's remaining (rem) and what it asked for since the last pass (demand;
+ * floor: a refused token estimate, served first when the floors fit). A core
+ * wants twice its demand, at least its floor.
+ *  - All wants fit: nothing moves except toward cores short of their want,
+ *    funded by the pool and then by the others' surplus in proportion to it;
+ *    a leftover pool is spread evenly. Idle cores keep their allowance: nobody
+ *    else wants it, and a burst there needs no pass.
+ *  - They do not fit (contention): floors first, the rest in proportion to
+ *    demand; idle cores give everything back. Remainders go to the highest
+ *    demand.
+ *  - free <= 0 (a lowered limit): every core gives everything back.
+ * Returns false when nothing needs to move. */
+static bool targets_compute(int64_t free, int64_t pool, uint32_t n, const int64_t *rem, const uint64_t *demand,
+                            const uint64_t *floor, int64_t *target)
 {
 	uint64_t demand_sum = 0, floor_sum = 0, want_sum = 0;
 	uint32_t top = 0, top_floor = 0;
@@ -809,21 +810,53 @@ static bool targets_compute(int64_t free, uint32_t n, const uint64_t *demand, co
 			top_floor = c;
 		target[c] = 0;
 	}
-	if (demand_sum == 0 && floor_sum == 0)
-		return false;
 	if (free <= 0)
 		return true;
-	uint64_t avail = (uint64_t)free, rest;
+	uint64_t avail = (uint64_t)free;
 	if (want_sum <= avail) {
-		for (uint32_t c = 0; c < n; c++)
-			target[c] = (int64_t)SL_MAX(2 * demand[c], floor[c]);
-		rest = avail - want_sum;
-		for (uint32_t c = 0; c < n; c++)
-			target[c] += (int64_t)(rest / n);
-		target[top] += (int64_t)(rest % n);
+		uint64_t short_sum = 0, surplus_sum = 0;
+		for (uint32_t c = 0; c < n; c++) {
+			int64_t want = (int64_t)SL_MAX(2 * demand[c], floor[c]);
+			if (rem[c] < want)
+				short_sum += (uint64_t)(want - rem[c]);
+			else
+				surplus_sum += (uint64_t)(rem[c] - want);
+		}
+		if (short_sum == 0 && pool == 0)
+			return false;
+		/* taken from the others: what the pool cannot cover (or, with a
+		 * debt in the pool, the debt too) */
+		int64_t needed = (int64_t)short_sum - pool, taken = 0;
+		for (uint32_t c = 0; c < n; c++) {
+			int64_t want = (int64_t)SL_MAX(2 * demand[c], floor[c]);
+			target[c] = SL_MAX(rem[c], want);
+			if (rem[c] > want && needed > 0) {
+				int64_t part = (int64_t)((unsigned __int128)(uint64_t)needed * (uint64_t)(rem[c] - want) /
+				                         surplus_sum);
+				target[c] -= part;
+				taken += part;
+			}
+		}
+		if (needed > 0) {
+			/* the rounding, from whoever has surplus left (the surplus
+			 * sum covers needed since all wants fit) */
+			for (uint32_t c = 0; c < n && taken < needed; c++) {
+				int64_t spare = target[c] - (int64_t)SL_MAX(2 * demand[c], floor[c]);
+				int64_t x = SL_MIN(spare, needed - taken);
+				if (x > 0) {
+					target[c] -= x;
+					taken += x;
+				}
+			}
+		} else {
+			int64_t spread = -needed; /* pool left over */
+			for (uint32_t c = 0; c < n; c++)
+				target[c] += spread / n;
+			target[top] += spread % n;
+		}
 		return true;
 	}
-	rest = avail;
+	uint64_t rest = avail;
 	if (floor_sum <= avail) {
 		for (uint32_t c = 0; c < n; c++)
 			target[c] = (int64_t)floor[c];
@@ -844,13 +877,12 @@ static bool targets_compute(int64_t free, uint32_t n, const uint64_t *demand, co
 }
 
 /* One dimension of one slot: bring every word to the current period, move
- * free allowance toward demand, publish the global remaining. Returns the
- * consumption of the period (for concurrency: the requests in flight). */
+ * free allowance toward demand (and empty the pool into the words). Returns
+ * the consumption of the period (for concurrency: the requests in flight). */
 static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const struct periods *p,
                           const uint64_t *demand, const uint64_t *floor)
 {
 	struct slot_state *st = &l->state[slot];
-	struct slot_shared *sh = &l->shared[slot];
 	uint32_t n = l->cfg.cores, tag = dim_tag(p, d);
 	uint64_t basis = st->basis[d];
 	int64_t *rem = l->rem, *target = l->target;
@@ -868,7 +900,7 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 	for (uint32_t c = 0; c < n; c++)
 		free += rem[c];
 
-	if (targets_compute(free, n, demand, floor, target)) {
+	if (targets_compute(free, st->pool[d], n, rem, demand, floor, target)) {
 		/* Take first, so the pool holds what is given. A word whose core
 		 * consumed meanwhile yields less; a word that moved to the next
 		 * period is left alone. */
@@ -909,17 +941,8 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 	}
 
 	int64_t global = st->pool[d];
-	struct recon_core *rc = &l->recon[(size_t)slot * n];
-	for (uint32_t c = 0; c < n; c++) {
+	for (uint32_t c = 0; c < n; c++)
 		global += rem[c];
-		if (rc[c].published_rem[d] != rem[c]) {
-			rc[c].published_rem[d] = rem[c];
-			atomic_store_explicit(&l->cores[c].slots[slot].published_rem[d], rem[c], memory_order_relaxed);
-		}
-	}
-	uint64_t pub = word_make(tag, SL_MAX(SL_MIN(global, REMAINING_MAX), -REMAINING_MAX));
-	if (atomic_load_explicit(&sh->published[d], memory_order_relaxed) != pub)
-		atomic_store_explicit(&sh->published[d], pub, memory_order_release);
 	int64_t used = (int64_t)basis - global;
 	return used > 0 ? (uint64_t)used : 0;
 }
@@ -1431,15 +1454,12 @@ static void restore_dim(struct sl_limiter *l, uint32_t slot, int d, const struct
 		struct core_slot *r = &l->cores[c].slots[slot];
 		int64_t share = share_of(left, l->cfg.cores, c, slot);
 		atomic_store_explicit(&r->word[d], word_make(tag, share), memory_order_relaxed);
-		atomic_store_explicit(&r->published_rem[d], share, memory_order_relaxed);
-		l->recon[(size_t)slot * l->cfg.cores + c].published_rem[d] = share;
 	}
 	st->basis[d] = limit;
 	st->pool[d] = (int64_t)limit - (int64_t)used - (int64_t)left;
 	st->pool_tag[d] = tag;
 	st->used[d] = used;
 	st->used_index[d] = dim_index(p, d);
-	atomic_store_explicit(&sh->published[d], word_make(tag, (int64_t)left), memory_order_release);
 }
 
 static void restore_record(void *arg, const struct state_record *rec)

@@ -443,27 +443,62 @@ TEST(set_changes_limit_mid_window)
 	sl_limiter_free(l);
 }
 
-TEST(ring_full_drops_counted_and_idle_slots_dropped)
+TEST(limit_change_applied_in_a_pass_without_demand)
 {
+	for (int shared = 0; shared < 2; shared++) {
+		struct sl_limiter *l = shared ? make_shared(2, 4) : make(2, 4, 60000, 0);
+		set4(l, 0, 10, 0, 0, 0);
+		uint64_t now = T0 + 1000;
+		CHECK_EQ_INT(drain(l, 0, 0, 0, now), 5 + 5 * shared); /* shared: takes core 1's too */
+		sl_limiter_reconcile(l, now);
+		/* lowered to 5 with 5 (or 10) used and nobody asking: whatever is
+		 * still out on the words comes back, nothing more is admitted */
+		set4(l, 0, 5, 0, 0, 0);
+		sl_limiter_reconcile(l, now + 50);
+		CHECK_EQ_INT(drain(l, 0, 0, 0, now + 60) + drain(l, 1, 0, 0, now + 60), 0);
+		/* raised to 14, again nobody asking: the 9 (or 4) left reach the
+		 * words, the pool does not keep them */
+		set4(l, 0, 14, 0, 0, 0);
+		sl_limiter_reconcile(l, now + 100);
+		struct sl_limit_ticket t;
+		struct sl_limit_report rep;
+		uint64_t left = shared ? 4 : 9;
+		CHECK_EQ_INT(sl_limiter_admit(l, 1, 0, 0, now + 110, &t, &rep), SL_LIMIT_NONE);
+		CHECK_EQ_INT(rep.requests_remaining, left - 1);
+		CHECK_EQ_INT(drain(l, 0, 0, 0, now + 110) + drain(l, 1, 0, 0, now + 110), left - 1);
+		sl_limiter_free(l);
+	}
+}
+
+TEST(ring_full_and_visit_overflow_recover)
+{
+	/* active_max 1: rings of 64 entries, one slot visited per pass */
 	struct sl_limiter_config cfg = { .cores = 1, .slots = 256, .window_ms = 1000, .active_max = 1 };
 	struct sl_limiter *l;
 	CHECK_EQ_INT(sl_limiter_create(&cfg, &l), 0);
 	struct sl_limit_ticket t;
 	for (uint32_t s = 0; s < 100; s++)
 		sl_limiter_admit(l, 0, s, 0, T0, &t, NULL);
+	for (uint32_t s = 0; s < 100; s++) /* queued already, or retried and dropped again */
+		sl_limiter_admit(l, 0, s, 0, T0, &t, NULL);
 	struct sl_limiter_stats st;
 	sl_limiter_stats(l, &st);
-	CHECK_EQ_INT(st.ring_drops, 36); /* ring of 64 */
+	CHECK_EQ_INT(st.ring_drops, 72);
 	sl_limiter_reconcile(l, T0);
 	sl_limiter_stats(l, &st);
 	CHECK_EQ_INT(st.active_num, 1);
 	CHECK_EQ_INT(st.active_overflow, 63);
-	sl_limiter_reconcile(l, T0 + 1000);
-	sl_limiter_stats(l, &st);
-	CHECK_EQ_INT(st.active_num, 1);
-	sl_limiter_reconcile(l, T0 + 2000);
+	/* nothing touched since: nothing to visit */
+	sl_limiter_reconcile(l, T0 + 50);
 	sl_limiter_stats(l, &st);
 	CHECK_EQ_INT(st.active_num, 0);
+	/* drained entries were cleared: a new touch queues the slot again */
+	sl_limiter_admit(l, 0, 99, 0, T0 + 60, &t, NULL);
+	sl_limiter_finish(l, 0, &t, UINT64_MAX, T0 + 60);
+	sl_limiter_reconcile(l, T0 + 100);
+	sl_limiter_stats(l, &st);
+	CHECK_EQ_INT(st.active_num, 1);
+	CHECK_EQ_INT(st.ring_drops, 72);
 	CHECK_EQ_INT(st.passes, 3);
 	sl_limiter_free(l);
 }
@@ -961,7 +996,8 @@ int main(void)
 	RUN(request_bigger_than_limit_refused);
 	RUN(big_estimate_above_share_not_starved);
 	RUN(set_changes_limit_mid_window);
-	RUN(ring_full_drops_counted_and_idle_slots_dropped);
+	RUN(limit_change_applied_in_a_pass_without_demand);
+	RUN(ring_full_and_visit_overflow_recover);
 	RUN(threads_one_window_exact_and_97_percent);
 	RUN(threads_many_windows_advancing_clock);
 	RUN(threads_tpm_overshoot_only_beyond_estimates);
