@@ -16,9 +16,11 @@
  * applied to the pool, hence per period
  *   sum of remaining + pool + consumed == limit.
  *
- * Memory, per core: a slots-long array of 128-byte records (line 1 written by
- * the core on the request path, line 2 by the reconciler), one mmap each so
- * the pages of slots never touched stay unbacked.
+ * Memory, per core: a slots-long array of 64-byte records (one cache line,
+ * written by its core on the request path), one mmap each so the pages of
+ * slots never touched stay unbacked. The reconciler visits only slots some
+ * core touched since their last visit: each core queues a slot in its ring
+ * (to the reconciler) on its first touch after the slot's last drain.
  */
 #include "sluice/limits.h"
 
@@ -702,6 +704,20 @@ enum sl_limit_kind sl_limiter_admit(struct sl_limiter *l, uint32_t core, uint32_
 	return refused;
 }
 
+void sl_limiter_peek(struct sl_limiter *l, uint32_t core, uint32_t slot, uint64_t now_unix_ms,
+                     struct sl_limit_report *out_report)
+{
+	SL_ASSERT_HOT(core < l->cfg.cores && slot < l->cfg.slots);
+	struct core_state *cs = &l->cores[core];
+	int64_t now = (int64_t)now_unix_ms;
+	if (now < cs->valid_from_ms || now >= cs->valid_until_ms)
+		core_clock_set(l, cs, now_unix_ms);
+	uint64_t lim[DIM_NUM];
+	for (int d = 0; d < DIM_NUM; d++)
+		lim[d] = atomic_load_explicit(&l->shared[slot].limit[d], memory_order_relaxed);
+	report_fill(l, cs, lim, slot, now, SL_LIMIT_NONE, 1, out_report);
+}
+
 void sl_limiter_finish(struct sl_limiter *l, uint32_t core, const struct sl_limit_ticket *t, uint64_t tokens_actual,
                        uint64_t now_unix_ms)
 {
@@ -886,11 +902,18 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 	uint32_t n = l->cfg.cores, tag = dim_tag(p, d);
 	uint64_t basis = st->basis[d];
 	int64_t *rem = l->rem, *target = l->target;
+	const uint64_t share_base = basis / n, share_extra = basis % n; /* share_of, hoisted */
+#define SHARE(c) ((int64_t)(share_base + ((uint64_t)(((c) + slot) % n) < share_extra ? 1 : 0)))
+	/* A word of an older period counts as its core's share without being
+	 * written: most cores never see most keys, and writing their lines
+	 * would give every visited key a page per core. It is initialised only
+	 * if allowance moves in or out of it. */
 	for (uint32_t c = 0; c < n; c++) {
-		uint64_t v;
-		if (!word_current(l, &l->cores[c].slots[slot].word[d], tag, basis, c, slot, &v))
-			return 0;
-		rem[c] = word_rem(v);
+		uint64_t v = atomic_load_explicit(&l->cores[c].slots[slot].word[d], memory_order_relaxed);
+		int cmp = tag_cmp(word_tag(v), tag);
+		if (cmp > 0)
+			return 0; /* a core's clock is ahead: next pass */
+		rem[c] = cmp == 0 ? word_rem(v) : SHARE(c);
 	}
 	if (st->pool_tag[d] != tag) {
 		st->pool[d] = 0;
@@ -909,8 +932,11 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 				continue;
 			_Atomic uint64_t *w = &l->cores[c].slots[slot].word[d];
 			uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
-			while (word_tag(v) == tag) {
-				int64_t x = word_rem(v);
+			for (;;) {
+				int cmp = tag_cmp(word_tag(v), tag);
+				if (cmp > 0)
+					break;
+				int64_t x = cmp == 0 ? word_rem(v) : SHARE(c);
 				if (x <= target[c]) {
 					rem[c] = x;
 					break;
@@ -929,11 +955,15 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 				continue;
 			_Atomic uint64_t *w = &l->cores[c].slots[slot].word[d];
 			uint64_t v = atomic_load_explicit(w, memory_order_relaxed);
-			while (word_tag(v) == tag) {
-				if (atomic_compare_exchange_weak_explicit(w, &v, v + word_delta(g), memory_order_relaxed,
+			for (;;) {
+				int cmp = tag_cmp(word_tag(v), tag);
+				if (cmp > 0)
+					break;
+				int64_t x = cmp == 0 ? word_rem(v) : SHARE(c);
+				if (atomic_compare_exchange_weak_explicit(w, &v, word_make(tag, x + g), memory_order_relaxed,
 				                                          memory_order_relaxed)) {
 					st->pool[d] -= g;
-					rem[c] = word_rem(v) + g;
+					rem[c] = x + g;
 					break;
 				}
 			}
@@ -945,6 +975,7 @@ static uint64_t rebalance(struct sl_limiter *l, uint32_t slot, int d, const stru
 		global += rem[c];
 	int64_t used = (int64_t)basis - global;
 	return used > 0 ? (uint64_t)used : 0;
+#undef SHARE
 }
 
 /* Applies the limits the control thread asked for. A dimension that had a

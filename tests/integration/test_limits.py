@@ -205,6 +205,7 @@ class SlowStream(threading.Thread):
         super().__init__(daemon=True)
         self.addr, self.path, self.body, self.headers, self.timeout_s = addr, path, body, headers, timeout_s
         self.head = threading.Event()
+        self.conn = None
         self.status = None
         self.r = None
         self.error = None
@@ -213,6 +214,7 @@ class SlowStream(threading.Thread):
     def run(self):
         try:
             with Conn(self.addr, self.timeout_s) as c:
+                self.conn = c
                 c.send(build_request("POST", self.path, self.body, self.headers))
                 r = c.read_head(self.timeout_s)
                 self.status = r.status
@@ -236,6 +238,14 @@ class SlowStream(threading.Thread):
         if self.error:
             raise self.error
         return self.r
+
+    def abort(self):
+        """The client goes away mid-stream."""
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(self.timeout_s + 5)
 
 
 def request_to(addr, method, path, body=None, headers=None, timeout_s=10):
@@ -594,8 +604,8 @@ def rpm_exact_across_cores(e):
 
 @test(env="conc", fresh=True, timeout=40)
 def concurrency_limit(e):
-    a = SlowStream(e.addr, "/v1/chat/completions", chat_body(stream=True), slow_hdrs(AUTH, 12))
-    b = SlowStream(e.addr, "/v1/messages", messages_body(stream=True), slow_hdrs(XKEY, 40))
+    a = SlowStream(e.addr, "/v1/chat/completions", chat_body(stream=True), slow_hdrs(AUTH, 20))
+    b = SlowStream(e.addr, "/v1/messages", messages_body(stream=True), slow_hdrs(XKEY, 50))
     for name, s in (("a", a), ("b", b)):
         s.start()
         expect(s.head.wait(10) and s.status == 200,
@@ -747,17 +757,19 @@ def model_limits_across_keys(e):
         expect_ok(e.request("POST", "/v1/messages", messages_body(), XKEY), "claude while gpt-4o-mini is limited")
         expect_ok(e.request("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}, k2), "embeddings while gpt-4o-mini is limited")
     expect(u.delta == 5, f"the mock received {u.delta} requests; 5 were admitted")
-    # claude-sonnet-4-5: concurrent 1 across keys
-    s = SlowStream(e.addr, "/v1/messages", messages_body(stream=True), slow_hdrs(XKEY, 12))
+    # claude-sonnet-4-5: concurrent 1 across keys (a 5 s stream, cut by the
+    # client once the refusals are seen)
+    s = SlowStream(e.addr, "/v1/messages", messages_body(stream=True), slow_hdrs(XKEY, 50))
     s.start()
     expect(s.head.wait(10) and s.status == 200, f"stream not admitted: {s.status} {s.error}")
     expect_429(e.request("POST", "/v1/messages", messages_body(), dict(k2, **{"anthropic-version": ANTHROPIC_VERSION})),
-               shape="anthropic")
-    expect_429(e.request("POST", "/v1/chat/completions", chat_body("claude-sonnet-4-5"), AUTH))
-    expect(s.is_alive(), "the stream ended before the refusals")
-    expect(sse_event_names(s.result().events)[-1:] == ["message_stop"], "stream completed")
-    eventually(lambda: e.request("POST", "/v1/messages", messages_body(), k2).status == 200, 1.5,
-               what="claude admitted again after the stream")
+               shape="anthropic", what="claude (concurrent 1) for key 2 while key 1 streams from it")
+    expect_429(e.request("POST", "/v1/chat/completions", chat_body("claude-sonnet-4-5"), AUTH),
+               what="claude (concurrent 1) for key 1 while key 1 streams from it")
+    expect(s.is_alive(), "the stream ended before the refusals: the test proved nothing")
+    s.abort()
+    eventually(lambda: e.request("POST", "/v1/messages", messages_body(), k2).status == 200, 2,
+               what="claude admitted again after the client cut its stream")
     expect_log_clean(e.gateway, [CLIENT_KEY, key2])
 
 

@@ -30,15 +30,20 @@ static struct sl_limiter *make(uint32_t cores, uint32_t slots, uint32_t window_m
 
 /* As the gateway runs it: a core short of allowance takes it from the
  * others' words on the refusal path. */
-static struct sl_limiter *make_shared(uint32_t cores, uint32_t slots)
+static struct sl_limiter *make_mode(uint32_t cores, uint32_t slots, uint32_t window_ms, bool shared)
 {
 	struct sl_limiter_config cfg = {
-		.cores = cores, .slots = slots, .window_ms = 60000, .reconcile_ms = 50,
-		.active_max = 1024,
+		.cores = cores, .slots = slots, .window_ms = window_ms, .reconcile_ms = 50,
+		.active_max = 1024, .local_only = !shared,
 	};
 	struct sl_limiter *l = NULL;
 	SL_ASSERT(sl_limiter_create(&cfg, &l) == 0);
 	return l;
+}
+
+static struct sl_limiter *make_shared(uint32_t cores, uint32_t slots)
+{
+	return make_mode(cores, slots, 60000, true);
 }
 
 static void set4(struct sl_limiter *l, uint32_t slot, uint64_t rpm, uint64_t tpm, uint64_t conc, uint64_t rpd)
@@ -325,6 +330,37 @@ TEST(concurrency_exact_one_core_and_cancel)
 	sl_limiter_finish(l, 0, &c, UINT64_MAX, T0);
 	CHECK_EQ_INT(sl_limiter_admit(l, 0, 0, 100, T0, &a, &rep), SL_LIMIT_NONE);
 	CHECK_EQ_INT(rep.concurrent_remaining, 1);
+	sl_limiter_free(l);
+}
+
+TEST(peek_reports_without_charging)
+{
+	struct sl_limiter *l = make_shared(2, 4);
+	set4(l, 0, 10, 1000, 3, 100);
+	struct sl_limit_ticket t;
+	struct sl_limit_report rep;
+	CHECK_EQ_INT(sl_limiter_admit(l, 0, 0, 100, T0, &t, NULL), SL_LIMIT_NONE);
+	for (int i = 0; i < 3; i++) {
+		sl_limiter_peek(l, 1, 0, T0 + 10, &rep);
+		CHECK_EQ_INT(rep.refused, SL_LIMIT_NONE);
+		CHECK_EQ_INT(rep.requests_remaining, 9);
+		CHECK_EQ_INT(rep.tokens_remaining, 900);
+		CHECK_EQ_INT(rep.concurrent_remaining, 2);
+		CHECK_EQ_INT(rep.daily_remaining, 99);
+		CHECK_EQ_INT(rep.requests_reset_unix_ms, T0 + 60000);
+	}
+	struct sl_limiter_stats st;
+	sl_limiter_reconcile(l, T0 + 20);
+	sl_limiter_stats(l, &st);
+	CHECK_EQ_INT(st.active_num, 1); /* the admission queued it, the peeks did not add */
+	sl_limiter_reconcile(l, T0 + 70);
+	sl_limiter_peek(l, 0, 0, T0 + 80, &rep);
+	sl_limiter_reconcile(l, T0 + 120);
+	sl_limiter_stats(l, &st);
+	CHECK_EQ_INT(st.active_num, 0);
+	sl_limiter_peek(l, 0, 1, T0, &rep); /* an unlimited slot */
+	CHECK_EQ_INT(rep.requests_limit, 0);
+	CHECK_EQ_INT(rep.requests_remaining, 0);
 	sl_limiter_free(l);
 }
 
@@ -646,26 +682,31 @@ static void run_threads(struct sl_limiter *l, uint32_t cores, uint64_t start_ms,
 	out->violations = atomic_load(&violations);
 }
 
+/* Each threaded case runs twice: reconciler only (local_only), and as the
+ * gateway runs (refusals also take from other cores' words). */
 TEST(threads_one_window_exact_and_97_percent)
 {
-	for (uint32_t cores = 4; cores <= 8; cores += 4) {
-		struct sl_limiter *l = make(cores, 4, 60000, 0);
-		set4(l, 0, 60, 0, 0, 0);
-		struct run_result res;
-		run_threads(l, cores, T0 + 5000, 0, 0, 100000, 0, false, &res);
-		CHECK(res.admitted <= 60);
-		CHECK(res.admitted * 100 >= 97 * 60);
-		if (res.admitted > 60 || res.admitted * 100 < 97 * 60)
-			printf("  cores %u: admitted %" PRIu64 " of 60\n", cores, res.admitted);
-		sl_limiter_free(l);
+	for (int shared = 0; shared < 2; shared++) {
+		for (uint32_t cores = 4; cores <= 8; cores += 4) {
+			struct sl_limiter *l = make_mode(cores, 4, 60000, shared);
+			set4(l, 0, 60, 0, 0, 0);
+			struct run_result res;
+			run_threads(l, cores, T0 + 5000, 0, 0, 100000, 0, false, &res);
+			CHECK(res.admitted <= 60);
+			CHECK(res.admitted * 100 >= 97 * 60);
+			if (res.admitted > 60 || res.admitted * 100 < 97 * 60)
+				printf("  cores %u shared %d: admitted %" PRIu64 " of 60\n", cores, shared, res.admitted);
+			sl_limiter_free(l);
+		}
 	}
 }
 
 /* 30 windows of 1000 ms, a pass every 50 ms of the injected clock (20 a
  * window), windows counted by the period each admission was charged to. */
-static void many_windows(uint32_t cores, uint64_t rpm, uint64_t tpm, bool vary_tokens, struct run_result *res)
+static void many_windows(uint32_t cores, bool shared, uint64_t rpm, uint64_t tpm, bool vary_tokens,
+                         struct run_result *res)
 {
-	struct sl_limiter *l = make(cores, 4, 1000, 0);
+	struct sl_limiter *l = make_mode(cores, 4, 1000, shared);
 	set4(l, 0, rpm, tpm, 0, 0);
 	run_threads(l, cores, 0, 50, 30000, 0, 0, vary_tokens, res);
 	sl_limiter_free(l);
@@ -673,9 +714,11 @@ static void many_windows(uint32_t cores, uint64_t rpm, uint64_t tpm, bool vary_t
 
 TEST(threads_many_windows_advancing_clock)
 {
-	for (uint32_t cores = 4; cores <= 8; cores += 4) {
+	for (uint32_t run = 0; run < 4; run++) {
+		uint32_t cores = run & 1 ? 8 : 4;
+		bool shared = run >= 2;
 		struct run_result res;
-		many_windows(cores, 60, 0, false, &res);
+		many_windows(cores, shared, 60, 0, false, &res);
 		uint64_t over = 0, under = 0;
 		for (int w = 0; w < 30; w++) {
 			over += res.per_window[w] > 60;
@@ -695,36 +738,41 @@ TEST(threads_tpm_overshoot_only_beyond_estimates)
 {
 	/* 600 tokens a window, estimates of 10, real use 5..15: what was used
 	 * never exceeds the limits plus the sum of (actual - estimate) > 0 */
-	struct run_result res;
-	many_windows(4, 0, 600, true, &res);
-	CHECK(res.admitted > 0);
-	CHECK(res.tokens_actual <= 30 * 600 + res.tokens_extra);
-	uint64_t admitted_fair = 0;
-	for (int w = 1; w < 29; w++)
-		admitted_fair += res.per_window[w];
-	CHECK(admitted_fair * 10 * 100 >= 90 * 28 * 600); /* >= 90% of the tokens, by estimate */
+	for (int shared = 0; shared < 2; shared++) {
+		struct run_result res;
+		many_windows(4, shared, 0, 600, true, &res);
+		CHECK(res.admitted > 0);
+		CHECK(res.tokens_actual <= 30 * 600 + res.tokens_extra);
+		uint64_t admitted_fair = 0;
+		for (int w = 1; w < 29; w++)
+			admitted_fair += res.per_window[w];
+		CHECK(admitted_fair * 10 * 100 >= 90 * 28 * 600); /* >= 90% of the tokens, by estimate */
+	}
 }
 
 TEST(threads_concurrency_exact)
 {
 	const uint32_t cores = 4;
-	struct sl_limiter *l = make(cores, 4, 60000, 0);
-	set4(l, 0, 0, 0, 3, 0);
-	struct run_result res;
-	run_threads(l, cores, T0, 0, 0, 100000, 3, false, &res);
-	CHECK_EQ_INT(res.violations, 0);
-	CHECK(res.in_flight_max >= 1 && res.in_flight_max <= 3);
-	CHECK(res.admitted > 100);
-	/* everything finished: all 3 units are free again, wherever they are */
-	sl_limiter_reconcile(l, T0 + 100);
-	sl_limiter_reconcile(l, T0 + 150);
-	struct sl_limit_ticket t[4];
-	int admitted = 0;
-	for (uint32_t c = 0; c < cores; c++)
-		while (admitted < 4 && sl_limiter_admit(l, c, 0, 0, T0 + 200, &t[admitted], NULL) == SL_LIMIT_NONE)
-			admitted++;
-	CHECK_EQ_INT(admitted, 3);
-	sl_limiter_free(l);
+	for (int shared = 0; shared < 2; shared++) {
+		struct sl_limiter *l = make_mode(cores, 4, 60000, shared);
+		set4(l, 0, 0, 0, 3, 0);
+		struct run_result res;
+		run_threads(l, cores, T0, 0, 0, 100000, 3, false, &res);
+		CHECK_EQ_INT(res.violations, 0);
+		CHECK(res.in_flight_max >= 1 && res.in_flight_max <= 3);
+		CHECK(res.admitted > 100);
+		/* everything finished: all 3 units are free again, wherever they are */
+		sl_limiter_reconcile(l, T0 + 100);
+		sl_limiter_reconcile(l, T0 + 150);
+		struct sl_limit_ticket t[4];
+		int admitted = 0;
+		for (uint32_t c = 0; c < cores; c++)
+			while (admitted < 4 &&
+			       sl_limiter_admit(l, c, 0, 0, T0 + 200, &t[admitted], NULL) == SL_LIMIT_NONE)
+				admitted++;
+		CHECK_EQ_INT(admitted, 3);
+		sl_limiter_free(l);
+	}
 }
 
 /* --- the state file -------------------------------------------------------------------- */
@@ -992,6 +1040,7 @@ int main(void)
 	RUN(retry_after_values);
 	RUN(rpd_rolls_over_at_configured_hour);
 	RUN(concurrency_exact_one_core_and_cancel);
+	RUN(peek_reports_without_charging);
 	RUN(tpm_estimate_corrected_down_and_up);
 	RUN(request_bigger_than_limit_refused);
 	RUN(big_estimate_above_share_not_starved);
