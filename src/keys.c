@@ -35,44 +35,6 @@
 
 _Static_assert(SL_KEY_RANDOM_LEN * 5 >= 128, "key text must carry >= 128 bits");
 
-/* --- CRC-32C (Castagnoli), bitwise table built once ------------------------- */
-
-static uint32_t crc32c_table[256];
-
-static void crc32c_init(void)
-{
-	if (crc32c_table[1])
-		return;
-	for (uint32_t i = 0; i < 256; i++) {
-		uint32_t c = i;
-		for (int k = 0; k < 8; k++)
-			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-		crc32c_table[i] = c;
-	}
-}
-
-static uint32_t crc32c(const void *data, size_t len)
-{
-	const uint8_t *p = data;
-	uint32_t c = 0xFFFFFFFFu;
-	crc32c_init();
-	for (size_t i = 0; i < len; i++)
-		c = crc32c_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-	return c ^ 0xFFFFFFFFu;
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* --- small I/O helpers --------------------------------------------------------- */
 
@@ -419,12 +381,12 @@ static int64_t replay(struct sl_keystore *ks, const uint8_t *buf, size_t len, ui
 	while (off < len) {
 		if (len - off < FRAME_HEADER_LEN)
 			break;
-		uint32_t payload_len = get_le32(buf + off);
-		uint32_t crc = get_le32(buf + off + 4);
+		uint32_t payload_len = sl_get_le32(buf + off);
+		uint32_t crc = sl_get_le32(buf + off + 4);
 		if (payload_len == 0 || payload_len > PAYLOAD_LEN_MAX || payload_len > len - off - FRAME_HEADER_LEN)
 			break;
 		const uint8_t *payload = buf + off + FRAME_HEADER_LEN;
-		if (crc32c(payload, payload_len) != crc) {
+		if (sl_crc32c(payload, payload_len) != crc) {
 			*out_crc_bad = true;
 			break;
 		}
@@ -451,8 +413,8 @@ static int64_t replay(struct sl_keystore *ks, const uint8_t *buf, size_t len, ui
 static size_t frame(uint8_t *out, const char *payload, size_t payload_len)
 {
 	SL_ASSERT(payload_len > 0 && payload_len <= PAYLOAD_LEN_MAX);
-	put_le32(out, (uint32_t)payload_len);
-	put_le32(out + 4, crc32c(payload, payload_len));
+	sl_put_le32(out, (uint32_t)payload_len);
+	sl_put_le32(out + 4, sl_crc32c(payload, payload_len));
 	memcpy(out + FRAME_HEADER_LEN, payload, payload_len);
 	return FRAME_HEADER_LEN + payload_len;
 }

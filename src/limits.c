@@ -1199,37 +1199,6 @@ struct state_record {
 	uint64_t last_used_ms;
 };
 
-static uint32_t crc32c_table[256];
-
-static uint32_t crc32c(const void *data, size_t len)
-{
-	if (!crc32c_table[1]) {
-		for (uint32_t i = 0; i < 256; i++) {
-			uint32_t c = i;
-			for (int k = 0; k < 8; k++)
-				c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-			crc32c_table[i] = c;
-		}
-	}
-	const uint8_t *p = data;
-	uint32_t c = 0xFFFFFFFFu;
-	for (size_t i = 0; i < len; i++)
-		c = crc32c_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-	return c ^ 0xFFFFFFFFu;
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 static int write_all(int fd, const void *buf, size_t len)
 {
@@ -1263,8 +1232,8 @@ static void writer_frame(struct writer *w, const char *payload, size_t payload_l
 		w->rc = write_all(w->fd, w->buf, w->len);
 		w->len = 0;
 	}
-	put_le32(w->buf + w->len, (uint32_t)payload_len);
-	put_le32(w->buf + w->len + 4, crc32c(payload, payload_len));
+	sl_put_le32(w->buf + w->len, (uint32_t)payload_len);
+	sl_put_le32(w->buf + w->len + 4, sl_crc32c(payload, payload_len));
 	memcpy(w->buf + w->len + FRAME_HEADER_LEN, payload, payload_len);
 	w->len += FRAME_HEADER_LEN + payload_len;
 }
@@ -1401,11 +1370,11 @@ static int state_walk(const uint8_t *buf, size_t len, struct state_header *hdr,
 	while (off < len) {
 		if (len - off < FRAME_HEADER_LEN)
 			return -EBADMSG;
-		uint32_t payload_len = get_le32(buf + off);
+		uint32_t payload_len = sl_get_le32(buf + off);
 		if (payload_len == 0 || payload_len > PAYLOAD_LEN_MAX || payload_len > len - off - FRAME_HEADER_LEN)
 			return -EBADMSG;
 		const uint8_t *payload = buf + off + FRAME_HEADER_LEN;
-		if (crc32c(payload, payload_len) != get_le32(buf + off + 4))
+		if (sl_crc32c(payload, payload_len) != sl_get_le32(buf + off + 4))
 			return -EBADMSG;
 		char text[PAYLOAD_LEN_MAX + 1];
 		memcpy(text, payload, payload_len);

@@ -689,19 +689,8 @@ static void limits_peek(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (!c->cx.key.valid)
 		return;
-	struct sl_limit_ticket t;
-	uint64_t now = sl_gate_unix_ms(r->gate, r->now_ms);
-	if (sl_limiter_admit(r->gate->limiter, r->index, c->cx.key.slot, 0, now, &t,
-	                     &c->cx.report) == SL_LIMIT_NONE) {
-		sl_limiter_cancel(r->gate->limiter, r->index, &t, now);
-		/* what it would have left is what it has */
-		if (c->cx.report.requests_limit)
-			c->cx.report.requests_remaining++;
-		if (c->cx.report.concurrent_limit)
-			c->cx.report.concurrent_remaining++;
-		if (c->cx.report.daily_limit)
-			c->cx.report.daily_remaining++;
-	}
+	sl_limiter_peek(r->gate->limiter, r->index, c->cx.key.slot,
+	                sl_gate_unix_ms(r->gate, r->now_ms), &c->cx.report);
 	c->cx.has_report = true;
 }
 

@@ -63,4 +63,23 @@ static inline bool sl_ascii_ieq(const char *a, const char *b, size_t len)
 	return true;
 }
 
+/* sl_crc32c is CRC-32C (Castagnoli) of data[0..len): the checksum of the
+ * key journal's and limits.state's frames. Thread-safe (the table is built
+ * before main). */
+uint32_t sl_crc32c(const void *data, size_t len);
+
+/* Little-endian 32-bit fields of on-disk frames. */
+static inline void sl_put_le32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static inline uint32_t sl_get_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 #endif

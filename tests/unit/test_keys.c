@@ -507,7 +507,7 @@ TEST(parse_usd_table)
 
 TEST(crc32c_known_vector)
 {
-	CHECK_EQ_INT(crc32c("123456789", 9), 0xE3069283u);
+	CHECK_EQ_INT(sl_crc32c("123456789", 9), 0xE3069283u);
 }
 
 int main(void)
