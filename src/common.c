@@ -27,3 +27,45 @@ uint32_t sl_crc32c(const void *data, size_t len)
 		c = crc32c_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
 	return c ^ 0xFFFFFFFFu;
 }
+
+static void put2(char *p, unsigned v)
+{
+	p[0] = (char)('0' + v / 10);
+	p[1] = (char)('0' + v % 10);
+}
+
+/* Every rate-limited response carries two of these, so no gmtime_r and
+ * strftime: the civil date comes from the day count by shifting the year to
+ * start in March (the leap day is then the last day of a year) and counting
+ * 400-year eras of 146097 days. Years past 9999 are clamped. */
+void sl_format_rfc3339(uint64_t unix_ms, char out[21])
+{
+	uint64_t t = unix_ms / 1000 + (unix_ms % 1000 != 0); /* rounded up, like Retry-After */
+	if (t > UINT64_C(253402300799))
+		t = UINT64_C(253402300799); /* 9999-12-31T23:59:59Z */
+	unsigned sec_of_day = (unsigned)(t % 86400);
+	uint64_t z = t / 86400 + 719468; /* days since 0000-03-01 */
+	uint64_t era = z / 146097;
+	unsigned day_of_era = (unsigned)(z - era * 146097);
+	unsigned year_of_era =
+	    (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+	unsigned day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+	unsigned month_from_march = (5 * day_of_year + 2) / 153;
+	unsigned day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+	unsigned month = month_from_march < 10 ? month_from_march + 3 : month_from_march - 9;
+	unsigned year = (unsigned)(era * 400 + year_of_era) + (month <= 2);
+	put2(out, year / 100);
+	put2(out + 2, year % 100);
+	out[4] = '-';
+	put2(out + 5, month);
+	out[7] = '-';
+	put2(out + 8, day);
+	out[10] = 'T';
+	put2(out + 11, sec_of_day / 3600);
+	out[13] = ':';
+	put2(out + 14, sec_of_day / 60 % 60);
+	out[16] = ':';
+	put2(out + 17, sec_of_day % 60);
+	out[19] = 'Z';
+	out[20] = '\0';
+}

@@ -383,13 +383,3 @@ int sl_gate_model_allowed(struct sl_gate *g, const struct sl_gate_key *key, uint
 		return -EACCES;
 	return 0;
 }
-
-void sl_gate_format_rfc3339(uint64_t unix_ms, char out[21])
-{
-	time_t t = (time_t)((unix_ms + 999) / 1000);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	/* strftime: bounded, and the compiler cannot prove snprintf's %02d fit */
-	if (strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-		out[0] = '\0';
-}

@@ -63,15 +63,29 @@ static void w_str(struct wbuf *w, const char *s)
 	w_mem(w, s, strlen(s));
 }
 
+/* Two digits at a time: the rate-limit headers write up to ten numbers on
+ * every response. */
 static void w_u64(struct wbuf *w, uint64_t v)
 {
-	char tmp[24];
-	int i = (int)sizeof tmp;
-	do {
-		tmp[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	w_mem(w, tmp + i, sizeof tmp - (size_t)i);
+	static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
+	                               "25262728293031323334353637383940414243444546474849"
+	                               "50515253545556575859606162636465666768697071727374"
+	                               "75767778798081828384858687888990919293949596979899";
+	char tmp[20];
+	size_t i = sizeof tmp;
+	while (v >= 100) {
+		unsigned two = (unsigned)(v % 100);
+		v /= 100;
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * two, 2);
+	}
+	if (v >= 10) {
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * v, 2);
+	} else {
+		tmp[--i] = (char)('0' + v);
+	}
+	w_mem(w, tmp + i, sizeof tmp - i);
 }
 
 static void w_header(struct wbuf *w, const char *name, size_t name_len, const char *value,
@@ -281,15 +295,15 @@ static void limits_finish(struct sl_reactor *r, struct sl_conn *c);
 
 /* --- rate-limit headers -------------------------------------------------------------- */
 
-/* The RFC 3339 text of a reset time, cached per reactor: it changes once per
- * window, and gmtime costs more than the rest of the headers. */
-static const char *reset_text(struct sl_reactor *r, uint64_t unix_ms)
+/* The RFC 3339 text of a reset time (0: the window's, 1: the day's), cached
+ * per reactor: each changes once per window or day. */
+static const char *reset_text(struct sl_reactor *r, unsigned which, uint64_t unix_ms)
 {
-	if (r->reset_text_ms != unix_ms) {
-		sl_gate_format_rfc3339(unix_ms, r->reset_text);
-		r->reset_text_ms = unix_ms;
+	if (r->reset_text_ms[which] != unix_ms) {
+		sl_format_rfc3339(unix_ms, r->reset_text[which]);
+		r->reset_text_ms[which] = unix_ms;
 	}
-	return r->reset_text;
+	return r->reset_text[which];
 }
 
 /* Writes the rate-limit headers of SPEC section 1 for the key of the
@@ -310,7 +324,7 @@ static void w_limit_headers(struct sl_reactor *r, struct wbuf *w, const struct s
 		W_LIT(w, "\r\nx-ratelimit-remaining-requests: ");
 		w_u64(w, rep->requests_remaining);
 		W_LIT(w, "\r\nx-ratelimit-reset-requests: ");
-		w_str(w, reset_text(r, rep->requests_reset_unix_ms));
+		w_mem(w, reset_text(r, 0, rep->requests_reset_unix_ms), 20);
 		W_LIT(w, "\r\n");
 	}
 	if (rep->tokens_limit) {
@@ -328,14 +342,12 @@ static void w_limit_headers(struct sl_reactor *r, struct wbuf *w, const struct s
 		W_LIT(w, "\r\n");
 	}
 	if (rep->daily_limit) {
-		char day[21];
-		sl_gate_format_rfc3339(rep->daily_reset_unix_ms, day);
 		W_LIT(w, "x-ratelimit-limit-requests-day: ");
 		w_u64(w, rep->daily_limit);
 		W_LIT(w, "\r\nx-ratelimit-remaining-requests-day: ");
 		w_u64(w, rep->daily_remaining);
 		W_LIT(w, "\r\nx-ratelimit-reset-requests-day: ");
-		w_str(w, day);
+		w_mem(w, reset_text(r, 1, rep->daily_reset_unix_ms), 20);
 		W_LIT(w, "\r\n");
 	}
 }

@@ -68,6 +68,10 @@ static inline bool sl_ascii_ieq(const char *a, const char *b, size_t len)
  * before main). */
 uint32_t sl_crc32c(const void *data, size_t len);
 
+/* sl_format_rfc3339 writes unix_ms as "2026-11-22T10:31:00Z" (seconds
+ * precision, rounded up so a reset is never early) into out[21]. */
+void sl_format_rfc3339(uint64_t unix_ms, char out[21]);
+
 /* Little-endian 32-bit fields of on-disk frames. */
 static inline void sl_put_le32(uint8_t *p, uint32_t v)
 {

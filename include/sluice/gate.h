@@ -117,8 +117,4 @@ static inline void sl_gate_quiescent(struct sl_gate *g, _Atomic uint64_t *seen)
 	                      memory_order_release);
 }
 
-/* sl_gate_format_rfc3339 writes unix_ms as "2026-11-22T10:31:00Z" (seconds
- * precision, rounded up so the reset is never early) into out[21]. */
-void sl_gate_format_rfc3339(uint64_t unix_ms, char out[21]);
-
 #endif

@@ -272,8 +272,10 @@ struct sl_reactor {
 	pthread_t thread;
 	/* the gate epoch this reactor saw at its last turn boundary (gate.h) */
 	_Atomic uint64_t gate_seen;
-	char reset_text[21];       /* x-ratelimit-reset-requests cache */
-	uint64_t reset_text_ms;
+	/* x-ratelimit reset times as text (proxy.c reset_text): 0 the window's,
+	 * 1 the day's; a time of 0 is never a reset, so zeroed is empty */
+	uint64_t reset_text_ms[2];
+	char reset_text[2][21];
 
 	int *listen_fds;
 	uint32_t num_listen;

@@ -15,6 +15,7 @@
 #include "../../src/convert.c"
 #include "test.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 
@@ -797,6 +798,82 @@ TEST(usage_from_responses)
 	sl_arena_release(&a);
 }
 
+/* The scalar rule of docs/convert.md, byte by byte, for checking the 16-byte
+ * path of the estimator on every alignment and mix. */
+static uint64_t reference_units(const unsigned char *s, size_t n)
+{
+	uint64_t q = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned ch = s[i];
+		if (ch < 0x80)
+			q += (isalnum((int)ch) || ch == ' ' || ch == '\n' || ch == '\t') ? 3 : 6;
+		else if (ch >= 0xF0)
+			q += 24;
+		else if (ch >= 0xE0)
+			q += 11;
+		else if (ch >= 0xC0)
+			q += 4;
+	}
+	return q;
+}
+
+TEST(count_tokens_text_blocks_match_byte_rule)
+{
+	/* every byte value that can stand in a JSON string unescaped, in
+	 * lengths around the 16-byte blocks, ASCII-only and mixed */
+	uint32_t seed = 12345;
+	for (int round = 0; round < 400; round++) {
+		struct sl_arena a;
+		sl_arena_init(&a, NULL, 0);
+		unsigned char text[200];
+		size_t n = (size_t)round % 70 + (round > 200 ? 100 : 0);
+		bool ascii = round % 3 != 0;
+		for (size_t i = 0; i < n; i++) {
+			seed = seed * 1103515245u + 12345u;
+			unsigned ch = (seed >> 16) & 0xff;
+			if (ascii)
+				ch = 0x1e + ch % 0x61; /* printable, and some become tabs and newlines */
+			if (ch == '"' || ch == '\\' || ch < 0x20)
+				ch = "\t\nx"[ch % 3];
+			text[i] = (unsigned char)ch;
+		}
+		/* the JSON text: tabs and newlines escaped */
+		char body[600];
+		int len = snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"");
+		for (size_t i = 0; i < n; i++) {
+			if (text[i] == '\t' || text[i] == '\n') {
+				body[len++] = '\\';
+				body[len++] = text[i] == '\t' ? 't' : 'n';
+			} else {
+				body[len++] = (char)text[i];
+			}
+		}
+		len += snprintf(body + len, sizeof body - (size_t)len, "\"}]}");
+		struct sl_json *v = NULL;
+		struct sl_json_error e;
+		/* random high bytes are not always valid UTF-8: skip those the parser refuses */
+		if (sl_json_parse(&a, body, (size_t)len, NULL, &v, &e) == 0)
+			CHECK_EQ_INT(sl_count_tokens_local(v),
+			             3 + 4 + (int64_t)((reference_units(text, n) + 11) / 12));
+		sl_arena_release(&a);
+	}
+	/* past 255 blocks, where the per-lane counts are folded */
+	static char big[20000], big_body[20100];
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = "ab.c d;e"[i % 8];
+	struct sl_arena a;
+	sl_arena_init(&a, NULL, 0);
+	int len = snprintf(big_body, sizeof big_body,
+	                   "{\"messages\":[{\"role\":\"user\",\"content\":\"%.*s\"}]}",
+	                   (int)sizeof big, big);
+	struct sl_json *v = NULL;
+	struct sl_json_error e;
+	CHECK(sl_json_parse(&a, big_body, (size_t)len, NULL, &v, &e) == 0);
+	CHECK_EQ_INT(sl_count_tokens_local(v),
+	             3 + 4 + (int64_t)((reference_units((const unsigned char *)big, sizeof big) + 11) / 12));
+	sl_arena_release(&a);
+}
+
 TEST(count_tokens_local_estimate)
 {
 	struct sl_arena a;
@@ -961,6 +1038,7 @@ int main(int argc, char **argv)
 	RUN(error_body_shapes_and_types);
 	RUN(usage_from_responses);
 	RUN(count_tokens_local_estimate);
+	RUN(count_tokens_text_blocks_match_byte_rule);
 	RUN(ctx_outputs);
 	RUN(round_trip_anthropic_history_through_openai);
 	RUN(round_trip_responses);

@@ -1022,6 +1022,35 @@ TEST(remaining_is_exact_across_cores)
 	sl_limiter_free(l);
 }
 
+/* The hand-written civil date agrees with gmtime_r + strftime on edges
+ * (epoch, leap days, century years, the 9999 clamp) and on random times. */
+TEST(rfc3339_matches_gmtime)
+{
+	char got[21], want[32];
+	const int64_t edges[] = { 0, 1, 999, 1000, 951782400000, 951868799999, 4107542400000,
+		                  4107456000000, 1795392000000, 253402300799000 };
+	uint64_t x = 88172645463325252u;
+	for (int i = 0; i < 20000; i++) {
+		uint64_t ms;
+		if (i < (int)(sizeof edges / sizeof edges[0])) {
+			ms = (uint64_t)edges[i];
+		} else {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			ms = x % UINT64_C(253402300799000);
+		}
+		sl_format_rfc3339(ms, got);
+		time_t t = (time_t)((ms + 999) / 1000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(want, sizeof want, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		CHECK_EQ_MEM(got, strlen(got), want);
+		if (strcmp(got, want) != 0)
+			break;
+	}
+	sl_format_rfc3339(UINT64_MAX, got);
+	CHECK_EQ_MEM(got, strlen(got), "9999-12-31T23:59:59Z");
+}
+
 int main(void)
 {
 	RUN(refusal_path_takes_from_other_cores);
@@ -1055,6 +1084,7 @@ int main(void)
 	RUN(load_ignores_stale_periods);
 	RUN(corrupt_or_torn_file_refused_nothing_restored);
 	RUN(create_rejects_bad_config);
+	RUN(rfc3339_matches_gmtime);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir_template);
 	if (system(cmd) != 0)
