@@ -18,10 +18,15 @@
  * a shared machine); "mean" is the whole run's average (includes the cache
  * misses of random access over a large table, and the neighbours).
  */
+#include "sluice/arena.h"
+#include "sluice/convert.h"
 #include "sluice/ipblock.h"
+#include "sluice/json.h"
 #include "sluice/keys.h"
 #include "sluice/keytab.h"
 #include "sluice/limits.h"
+#include "sluice/pool.h"
+#include "sluice/usage.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -217,6 +222,47 @@ static void op_total(void)
 	sl_limiter_finish(limiter, 0, &key_ticket, 700, now_unix_ms);
 }
 
+/* The token work a request does when a tokens-per-minute limit applies
+ * (proxy.c estimate_tokens and the usage scan of the response), on a 1 KB
+ * chat body and the mock's chat completion. */
+static struct sl_bufpool pool;
+static char chat_body[1024];
+static size_t chat_body_len;
+static const char chat_response[] =
+    "{\"id\":\"chatcmpl-0123456789abcdef\",\"object\":\"chat.completion\",\"created\":1763800000,"
+    "\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+    "\"assistant\",\"content\":\"The quick brown fox jumps over the lazy dog. The quick brown fox "
+    "jumps over the lazy dog. The quick brown fox jumps over the lazy dog.\",\"refusal\":null,"
+    "\"annotations\":[]},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{"
+    "\"prompt_tokens\":262,\"completion_tokens\":30,\"total_tokens\":292,"
+    "\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
+    "\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,"
+    "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},"
+    "\"service_tier\":\"default\",\"system_fingerprint\":\"fp_0123456789\"}";
+
+static void op_estimate(void)
+{
+	struct sl_arena a;
+	sl_arena_init(&a, &pool, 1 << 20);
+	struct sl_json *in = NULL;
+	struct sl_json_error e;
+	int64_t max_tokens = 0;
+	if (sl_json_parse(&a, chat_body, chat_body_len, NULL, &in, &e) != 0 ||
+	    !sl_json_get_int(in, "max_tokens", &max_tokens) || sl_count_tokens_local(in) <= 0)
+		refused++;
+	sl_arena_release(&a);
+}
+
+static void op_usage_scan(void)
+{
+	struct sl_usage_scanner sc;
+	struct sl_token_usage u = { 0 };
+	sl_usage_scanner_init(&sc);
+	sl_usage_scanner_feed(&sc, chat_response, sizeof chat_response - 1, &u);
+	if (u.output_tokens != 30)
+		refused++;
+}
+
 /* --- timing ------------------------------------------------------------------------------ */
 
 static double now_s(void)
@@ -275,6 +321,19 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	int status = 1;
+	if (sl_bufpool_init(&pool, (size_t)64 << 20) != 0) {
+		fprintf(stderr, "bench_limits: no memory for the pool\n");
+		return 1;
+	}
+	{
+		int n = snprintf(chat_body, sizeof chat_body,
+		                 "{\"model\":\"gpt-4o-mini\",\"max_tokens\":64,\"messages\":[{\"role\":"
+		                 "\"user\",\"content\":\"");
+		while (n < (int)sizeof chat_body - 8)
+			chat_body[n] = "lorem ipsum dolor sit amet, "[n % 28], n++;
+		memcpy(chat_body + n, "\"}]}", 4);
+		chat_body_len = (size_t)n + 4;
+	}
 	double t_setup = now_s();
 	if (keyset_make(&one, 1, "one") < 0 || keyset_make(&big, BIG_KEYS, "big") < 0)
 		goto out;
@@ -327,6 +386,8 @@ int main(int argc, char **argv)
 		{ "limiter admit + finish, 1 slot", op_limiter_1 },
 		{ "limiter admit + finish, random of 100k slots", op_limiter_big },
 		{ "total: ip check + auth (100k) + model + 2 admits + 2 finishes", op_total },
+		{ "TPM estimate: parse + count a 1 KB chat body", op_estimate },
+		{ "TPM correction: usage scan of a chat completion (770 B)", op_usage_scan },
 	};
 	printf("admission cost, ns per request on one core (setup: %u + 1 keys made and loaded "
 	       "in %.1f s)\n\n", BIG_KEYS, setup_s);

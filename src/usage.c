@@ -77,6 +77,7 @@ static const struct name names[NUM_NAMES] = {
 
 #define NAME_LEN_MAX 27 /* "cache_creation_input_tokens" */
 #define NAMES_ALL ((uint8_t)((1u << NUM_NAMES) - 1))
+#define FAST_SCAN_MIN 64 /* shorter pieces go quote by quote */
 
 _Static_assert(NUM_NAMES <= 8, "key_mask holds one bit per name");
 _Static_assert(NAME_LEN_MAX < 256, "key_pos is a uint8_t");
@@ -166,6 +167,69 @@ static inline int match_name_whole(const char *s)
 #undef IS
 }
 
+/* name_ending_at: the name whose closing quote is k (k[-1] is 's'), opened
+ * by an unescaped quote q with from <= q < q_limit: its index in *key and
+ * the byte after k, or NULL. The opening quote is the nearest one before k
+ * (names hold none); match_name_whole then reads from it, which is safe as
+ * q_limit leaves NAME_LEN_MAX + 1 bytes after q. */
+static const char *name_ending_at(const char *data, const char *from, const char *q_limit,
+                                  const char *k, bool carry_odd, int *key)
+{
+	if (k - from < 13 || memcmp(k - 7, "_tokens", 7) != 0)
+		return NULL;
+	const char *q = k - 8, *low = k - NAME_LEN_MAX - 1;
+	if (low < from)
+		low = from;
+	while (q >= low && *q != '"')
+		q--;
+	if (q < low || q >= q_limit)
+		return NULL;
+	int i = match_name_whole(q + 1);
+	if (i < 0 || q + 1 + names[i].len != k || quote_escaped(data, q, carry_odd))
+		return NULL;
+	*key = i;
+	return k + 1;
+}
+
+/* find_name: the first name in the piece [data, end) whose opening quote q
+ * lies in [from, q_limit), where q_limit <= end - NAME_LEN_MAX - 1 so that
+ * the whole name and its closing quote are in the piece. Instead of trying
+ * every quote it looks for the closing quote of a name, a '"' right after
+ * an 's' ("choices", "..._tokens"), which is rare in a response, and checks
+ * the names back from there. Finds exactly the names the quote-by-quote
+ * scan finds over the same quotes (names hold no quote, and no two names
+ * end at the same quote). Returns the byte after the closing quote, or NULL. */
+static const char *find_name(const char *data, const char *from, const char *q_limit,
+                             const char *end, bool carry_odd, int *key)
+{
+	const char *b = from + 1;
+	const char *k_limit = q_limit + NAME_LEN_MAX + 1; /* the last closing quote that can count */
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), ess = _mm_set1_epi8('s');
+	for (; end - b >= 16 && b <= k_limit; b += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)b);
+		__m128i prev = _mm_loadu_si128((const __m128i *)(const void *)(b - 1));
+		unsigned m = (unsigned)_mm_movemask_epi8(
+		    _mm_and_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(prev, ess)));
+		while (m) {
+			const char *after =
+			    name_ending_at(data, from, q_limit, b + __builtin_ctz(m), carry_odd, key);
+			if (after)
+				return after;
+			m &= m - 1;
+		}
+	}
+#endif
+	for (; b < end && b <= k_limit; b++) {
+		if (*b == '"' && b[-1] == 's') {
+			const char *after = name_ending_at(data, from, q_limit, b, carry_odd, key);
+			if (after)
+				return after;
+		}
+	}
+	return NULL;
+}
+
 /* key_step: the names in mask that accept byte c at position pos (a name
  * accepts its closing quote right after its last byte). */
 static inline uint8_t key_step(uint8_t mask, uint8_t pos, unsigned char c)
@@ -231,6 +295,21 @@ void sl_usage_scanner_feed(struct sl_usage_scanner *s, const char *data, size_t 
 		unsigned char c = (unsigned char)*p;
 		switch (s->state) {
 		case ST_SCAN:
+			if ((size_t)(end - p) > FAST_SCAN_MIN) {
+				/* the bulk of the piece by closing quotes; the
+				 * last NAME_LEN_MAX + 1 bytes quote by quote, as
+				 * a name there may end in the next piece */
+				const char *q_limit = end - (NAME_LEN_MAX + 1);
+				int key;
+				const char *after = find_name(data, p, q_limit, end, s->backslash_odd, &key);
+				if (after) {
+					s->key = (uint8_t)key;
+					s->state = ST_AFTER_KEY;
+					p = after;
+					break;
+				}
+				p = q_limit;
+			}
 			while (p < end) {
 				const char *q = find_quote(p, end);
 				if (q == NULL) {
