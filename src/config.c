@@ -1455,6 +1455,36 @@ static int parse_rate(struct loader *ld, json_t *root)
 	return 0;
 }
 
+static int parse_usage_log(struct loader *ld, json_t *root)
+{
+	static const char *const keys[] = { "enabled", "flush_ms", "buffer_bytes",
+		                            "segment_bytes_max", "segment_age_max_s", NULL };
+	struct sl_usage_log_config *u = &ld->config->usage_log;
+	json_t *o;
+	int rc = read_object(ld, root, "usage_log", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "usage_log");
+	if ((rc = check_keys(ld, o, keys)))
+		return rc;
+	json_t *en = json_object_get(o, "enabled");
+	if (en) {
+		if (!json_is_boolean(en)) {
+			path_push_key(ld, "enabled");
+			return fail(ld, "expected true or false");
+		}
+		u->enabled = json_is_true(en);
+	}
+	if ((rc = read_u32(ld, o, "flush_ms", 1, 10000, &u->flush_ms)) ||
+	    (rc = read_u64(ld, o, "buffer_bytes", 16384, (uint64_t)1 << 30, &u->buffer_bytes)) ||
+	    (rc = read_u64(ld, o, "segment_bytes_max", 65536, (uint64_t)1 << 40,
+	                   &u->segment_bytes_max)) ||
+	    (rc = read_u32(ld, o, "segment_age_max_s", 1, 31u * 86400, &u->segment_age_max_s)))
+		return rc;
+	path_pop(ld, old);
+	return 0;
+}
+
 static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 {
 	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
@@ -1562,13 +1592,18 @@ static void set_defaults(struct sl_config *c)
 	c->rate.active_keys_max = 65536;
 	c->rate.max_tokens_estimate_max = 4096;
 	c->rate.state_save_ms = 1000;
+	c->usage_log.enabled = true;
+	c->usage_log.flush_ms = 5;
+	c->usage_log.buffer_bytes = 1 << 20;
+	c->usage_log.segment_bytes_max = (uint64_t)64 << 20;
+	c->usage_log.segment_age_max_s = 3600;
 }
 
 static int load_tree(struct loader *ld, json_t *root)
 {
 	static const char *const keys[] = { "listen", "admin", "data_dir", "threads", "limits",
 		                            "timeouts", "providers", "models", "tiers", "auth",
-		                            "rate_limits", NULL };
+		                            "rate_limits", "usage_log", NULL };
 	struct sl_config *c = ld->config;
 	const char *data_dir;
 	int rc;
@@ -1581,7 +1616,8 @@ static int load_tree(struct loader *ld, json_t *root)
 	    (rc = read_u32(ld, root, "threads", 0, THREADS_MAX, &c->threads)) ||
 	    (rc = parse_limits(ld, root)) || (rc = parse_providers(ld, root)) ||
 	    (rc = parse_models(ld, root)) || (rc = parse_auth(ld, root)) ||
-	    (rc = parse_rate(ld, root)) || (rc = parse_tiers(ld, root)))
+	    (rc = parse_rate(ld, root)) || (rc = parse_usage_log(ld, root)) ||
+	    (rc = parse_tiers(ld, root)))
 		return rc;
 	if (!(c->data_dir = dup_string(data_dir ? data_dir : "data")))
 		return fail_oom(ld);

@@ -364,6 +364,7 @@ enum sl_gate_auth sl_gate_authenticate(struct sl_gate *g, const char *key, size_
 		return SL_GATE_AUTH_NO_TIER;
 	out->slot = e->slot;
 	out->tier = (uint16_t)(t - 1);
+	memcpy(out->id, e->id, sizeof out->id);
 	out->valid = true;
 	return SL_GATE_AUTH_OK;
 }

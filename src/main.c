@@ -7,6 +7,7 @@
 #include "sluice/config.h"
 #include "sluice/gate.h"
 #include "sluice/keys.h"
+#include "sluice/usagelog.h"
 #include "sluice/reactor.h"
 
 #include <arpa/inet.h>
@@ -18,6 +19,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -30,6 +33,7 @@ static void usage(FILE *out)
 	fputs("usage: sluice serve [-c FILE] [--threads N]\n"
 	      "       sluice check-config -c FILE\n"
 	      "       sluice keys create|import|list|show|update|revoke|topup ... (sluice keys --help)\n"
+	      "       sluice usage verify|export|totals ... (sluice usage --help)\n"
 	      "       sluice version\n"
 	      "\n"
 	      "serve without -c runs the embedded demo config: it listens on\n"
@@ -88,6 +92,44 @@ static void on_reactor_ready(struct sl_reactor *r, int rc)
 		ready_err = rc;
 	pthread_cond_signal(&ready_cond);
 	pthread_mutex_unlock(&ready_lock);
+}
+
+/* Checks the usage log (cutting a torn tail a crash left) and opens one
+ * writer per reactor, each continuing its core's sequence. */
+static int open_usage_logs(const struct sl_config *cfg, struct sl_reactor *reactors, uint32_t n)
+{
+	char dir[PATH_MAX];
+	if ((size_t)snprintf(dir, sizeof dir, "%s/usage", cfg->data_dir) >= sizeof dir) {
+		fprintf(stderr, "sluice: usage log: data_dir path too long\n");
+		return -1;
+	}
+	if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+		fprintf(stderr, "sluice: usage log: %s: %s\n", cfg->data_dir, strerror(errno));
+		return -1;
+	}
+	uint64_t *next = calloc(n, sizeof *next);
+	if (!next)
+		return -1;
+	int rc = sl_ulog_recover(dir, next, n, stderr);
+	if (rc) {
+		fprintf(stderr, "sluice: usage log: %s: %s\n", dir, strerror(-rc));
+		free(next);
+		return -1;
+	}
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
+		struct sl_ulog_config uc = { .dir = dir,
+			                     .core = i,
+			                     .next_seq = next[i],
+			                     .buffer_bytes = cfg->usage_log.buffer_bytes,
+			                     .flush_ms = cfg->usage_log.flush_ms,
+			                     .segment_bytes_max = cfg->usage_log.segment_bytes_max,
+			                     .segment_age_max_s = cfg->usage_log.segment_age_max_s };
+		rc = sl_ulog_open(&reactors[i].ulog, &uc);
+		if (rc)
+			fprintf(stderr, "sluice: usage log: %s: %s\n", dir, strerror(-rc));
+	}
+	free(next);
+	return rc ? -1 : 0;
 }
 
 static void *reactor_thread(void *arg)
@@ -198,6 +240,8 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		reactors[i].gate = gate;
 	}
 	free(fds);
+	if (cfg->usage_log.enabled && open_usage_logs(cfg, reactors, n) != 0)
+		return 1;
 	for (uint32_t i = 0; i < n; i++)
 		pthread_create(&reactors[i].thread, NULL, reactor_thread, &reactors[i]);
 
@@ -277,6 +321,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "keys") == 0)
 		return sl_keys_main(argc - 1, argv + 1);
+	if (strcmp(cmd, "usage") == 0)
+		return sl_ulog_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check-config") != 0) {
 		fprintf(stderr, "sluice: unknown command '%s'\n", cmd);
 		usage(stderr);

@@ -19,6 +19,7 @@
 #include "sluice/ipblock.h"
 #include "sluice/json.h"
 #include "sluice/reactor.h"
+#include "sluice/usagelog.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -276,6 +277,13 @@ static bool push_response_head(struct sl_reactor *r, struct sl_conn *c, void *bl
 		return false;
 	}
 	c->cx.response_started = true;
+	if (!c->cx.first_byte_ms) {
+		/* every head we write starts "HTTP/1.1 NNN" */
+		c->cx.first_byte_ms = r->now_ms ? r->now_ms : 1;
+		const char *h = block;
+		if (len >= 12 && memcmp(h, "HTTP/1.1 ", 9) == 0)
+			c->cx.status = (uint16_t)((h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0'));
+	}
 	return true;
 }
 
@@ -568,9 +576,95 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
 	}
 }
 
+static const struct sockaddr *client_peer(struct sl_conn *c);
+
+/* Rounded to the nearest micro-dollar: tokens x (micro-dollars per 1M). */
+static int64_t price_tokens(uint64_t tokens, int64_t per_million)
+{
+	if (per_million <= 0 || tokens == 0)
+		return 0;
+	unsigned __int128 x = (unsigned __int128)tokens * (uint64_t)per_million + 500000;
+	x /= 1000000;
+	return x > INT64_MAX ? INT64_MAX : (int64_t)x;
+}
+
+/* Appends the exchange's usage record, once, if its model was known: every
+ * way an exchange ends comes through here (client_exchange_done, or the
+ * client's release mid-exchange). */
+static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool client_gone)
+{
+	if (!c->cx.routed || !r->ulog)
+		return;
+	c->cx.routed = false;
+	const struct sl_config *cfg = r->config;
+	const struct sl_model_config *model = &cfg->models[c->cx.model_index];
+	struct sl_usage_record rec = { 0 };
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	uint64_t elapsed = r->now_ms - c->cx.started_ms;
+	rec.time_unix_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - elapsed;
+	rec.route = c->cx.route;
+	rec.total_ms = (uint32_t)SL_MIN(elapsed, (uint64_t)UINT32_MAX);
+	if (c->cx.first_byte_ms)
+		rec.ttfb_ms = (uint32_t)SL_MIN(c->cx.first_byte_ms - c->cx.started_ms,
+		                               (uint64_t)UINT32_MAX);
+	/* 499: the client went away before the response ended (nginx's code) */
+	rec.status = client_gone && !c->cx.response_done ? 499 : c->cx.status;
+	if (c->cx.stream)
+		rec.flags |= SL_UREC_STREAM;
+	if (c->cx.target) {
+		const struct sl_model_target *t = c->cx.target;
+		const char *pname = cfg->providers[t->provider].name;
+		rec.attempts = (uint8_t)(1 + c->cx.retried);
+		rec.provider = (struct sl_ustr){ pname, (uint8_t)SL_MIN(strlen(pname), 255u) };
+		rec.upstream_model = (struct sl_ustr){ t->model, (uint8_t)SL_MIN(strlen(t->model), 255u) };
+	} else {
+		rec.flags |= SL_UREC_REFUSED;
+	}
+	const struct sl_token_usage *u = &c->cx.usage;
+	if (u->fields_seen & (SL_USAGE_INPUT | SL_USAGE_OUTPUT)) {
+		/* input is the uncached part: OpenAI counts cached tokens in it */
+		rec.input_tokens = u->input_tokens;
+		if ((u->fields_seen & SL_USAGE_CACHE_READ_IN_INPUT))
+			rec.input_tokens -= SL_MIN(u->cache_read_tokens, u->input_tokens);
+		rec.output_tokens = u->output_tokens;
+		rec.cache_read_tokens = u->cache_read_tokens;
+		rec.cache_write_tokens = u->cache_write_tokens;
+	} else if (c->cx.target && c->cx.status >= 200 && c->cx.status < 300) {
+		rec.flags |= SL_UREC_ESTIMATED; /* the upstream did not say */
+	}
+	const struct sl_model_price *pr = &model->price;
+	if (pr->set) {
+		int64_t cost = price_tokens(rec.input_tokens, pr->input);
+		cost += price_tokens(rec.output_tokens, pr->output);
+		cost += price_tokens(rec.cache_read_tokens, pr->cached_input);
+		cost += price_tokens(rec.cache_write_tokens, pr->cache_write);
+		rec.cost_micro_usd = cost;
+	}
+	if (c->have_peer || client_peer(c)) {
+		const struct sockaddr_in6 *a6 = &c->peer_addr;
+		if (a6->sin6_family == AF_INET6) {
+			rec.ip_family = 6;
+			memcpy(rec.ip, &a6->sin6_addr, 16);
+		} else if (a6->sin6_family == AF_INET) {
+			rec.ip_family = 4;
+			memcpy(rec.ip, &((const struct sockaddr_in *)(const void *)a6)->sin_addr, 4);
+		}
+	}
+	rec.request_id = (struct sl_ustr){ c->cx.request_id, (uint8_t)strlen(c->cx.request_id) };
+	if (c->cx.key.valid)
+		rec.key_id = (struct sl_ustr){ c->cx.key.id, (uint8_t)strlen(c->cx.key.id) };
+	rec.model = (struct sl_ustr){ model->id, (uint8_t)SL_MIN(strlen(model->id), 255u) };
+	int rc = sl_ulog_append(r->ulog, &rec, r->now_ms);
+	if (rc)
+		fprintf(stderr, "sluice: reactor %u: USAGE RECORD LOST for request %s: %s\n", r->index,
+		        c->cx.request_id, strerror(-rc));
+}
+
 /* The exchange of c ended (answered locally, by an error, or relayed). */
 static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 {
+	usage_log_record(r, c, false);
 	limits_finish(r, c);
 	if (c->state == SL_CLIENT_EXCHANGE)
 		r->num_exchanges--;
@@ -1509,9 +1603,18 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		exchange_fail(r, c, 404, NULL, msg, NULL);
 		return;
 	}
+	c->cx.model_index = (uint32_t)(model - cfg->models);
+	if (r->ulog) {
+		/* from here on the exchange leaves a usage record */
+		c->cx.routed = true;
+		c->cx.scan_usage = true;
+		sl_usage_scanner_init(&c->cx.usage_scan);
+		memset(&c->cx.usage, 0, sizeof c->cx.usage);
+	}
 	if (!exchange_admit(r, c, model, body, body_len))
 		return;
 	const struct sl_model_target *t = pick_target(model);
+	c->cx.target = t;
 	const struct sl_provider_config *p = &cfg->providers[t->provider];
 
 	/* Which path: pass-through, conversion, or answered here. */
@@ -1796,6 +1899,7 @@ static bool convert_response_head(struct sl_reactor *r, struct sl_conn *u, struc
 	char *block = sl_bufpool_get(&r->mem, 256 + LIMIT_HEADERS_BYTES_MAX, &cap);
 	if (!block)
 		return false;
+	c->cx.stream = true;
 	struct wbuf w = { block, 0, cap, false };
 	W_LIT(&w, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
 	          "Cache-Control: no-cache\r\n");
@@ -2005,7 +2109,7 @@ static bool relay_head(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 			continue;
 		if (h->name_len == 12 && sl_ascii_ieq(h->name, "content-type", 12) &&
 		    h->value_len >= 17 && sl_ascii_ieq(h->value, "text/event-stream", 17))
-			u->ux.is_sse = true;
+			u->ux.is_sse = c->cx.stream = true;
 		w_header(&w, h->name, h->name_len, h->value, h->value_len);
 	}
 	W_LIT(&w, "x-request-id: ");
@@ -2386,6 +2490,7 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 		if (c->state == SL_CLIENT_EXCHANGE)
 			r->num_exchanges--;
 		r->num_clients--;
+		usage_log_record(r, c, true);
 		limits_finish(r, c); /* a client gone mid-exchange */
 		sl_arena_release(&c->cx.arena);
 		sl_buf_release(&c->cx.pending);

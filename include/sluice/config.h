@@ -161,6 +161,15 @@ struct sl_rate_config {
 	uint32_t state_save_ms;          /* how often limits.state is written (1000) */
 };
 
+/* "usage_log": the append-only usage log (usagelog.h, docs/usage-log.md) */
+struct sl_usage_log_config {
+	bool enabled;               /* true */
+	uint32_t flush_ms;          /* group-commit period (5) */
+	uint64_t buffer_bytes;      /* per reactor, each of two buffers (1 MiB) */
+	uint64_t segment_bytes_max; /* rotate past this size (64 MiB) */
+	uint32_t segment_age_max_s; /* rotate past this age (3600) */
+};
+
 struct sl_config {
 	char *origin; /* file path, or "<embedded demo>" */
 	struct sl_listener_config *listeners;
@@ -171,6 +180,7 @@ struct sl_config {
 	struct sl_limits_config limits;
 	struct sl_auth_config auth;
 	struct sl_rate_config rate;
+	struct sl_usage_log_config usage_log;
 	struct sl_tier_config *tiers;
 	uint32_t num_tiers;
 	struct sl_provider_config *providers;

@@ -16,6 +16,7 @@
 
 #include "sluice/common.h"
 #include "sluice/config.h"
+#include "sluice/keys.h"
 #include "sluice/limits.h"
 
 #include <pthread.h>
@@ -32,6 +33,7 @@ struct sl_gate_key {
 	uint32_t slot;  /* limiter slot of the key */
 	uint16_t tier;  /* index into config->tiers */
 	bool valid;
+	char id[SL_KEY_ID_LEN + 1]; /* the key's public id, for the usage log */
 };
 
 enum sl_gate_auth {

@@ -207,6 +207,13 @@ struct sl_conn {
 		bool scan_usage;        /* a token limit needs the real usage */
 		struct sl_usage_scanner usage_scan;
 		struct sl_token_usage usage;
+		/* the usage record (usagelog.h), written once the exchange ends
+		 * if its model was known */
+		bool routed;
+		bool stream;              /* the response was an event stream */
+		uint16_t status;          /* of the response head sent */
+		uint64_t first_byte_ms;   /* monotonic; 0: nothing sent yet */
+		const struct sl_model_target *target;
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */
@@ -272,6 +279,8 @@ struct sl_reactor {
 	pthread_t thread;
 	/* the gate epoch this reactor saw at its last turn boundary (gate.h) */
 	_Atomic uint64_t gate_seen;
+	/* this reactor's usage-log writer (NULL: the log is off) */
+	struct sl_ulog *ulog;
 	/* x-ratelimit reset times as text (proxy.c reset_text): 0 the window's,
 	 * 1 the day's; a time of 0 is never a reset, so zeroed is empty */
 	uint64_t reset_text_ms[2];
@@ -331,6 +340,8 @@ enum sl_op {
 	SL_OP_CONNECT,
 	SL_OP_CANCEL,
 	SL_OP_EVENTFD,
+	SL_OP_ULOG_WRITE, /* the usage log's group commit (usagelog.h) */
+	SL_OP_ULOG_FSYNC,
 };
 
 static inline uint64_t sl_ud(enum sl_op op, uint32_t gen, uint32_t slot)
