@@ -1,5 +1,7 @@
 #include "sluice/common.h"
 
+#include <string.h>
+
 void sl_assert_fail(const char *expr, const char *file, int line)
 {
 	fprintf(stderr, "sluice: assertion failed: %s (%s:%d)\n", expr, file, line);
@@ -8,8 +10,9 @@ void sl_assert_fail(const char *expr, const char *file, int line)
 }
 
 static uint32_t crc32c_table[256];
+static bool crc32c_hw;
 
-__attribute__((constructor)) static void crc32c_table_build(void)
+__attribute__((constructor)) static void crc32c_init(void)
 {
 	for (uint32_t i = 0; i < 256; i++) {
 		uint32_t c = i;
@@ -17,12 +20,40 @@ __attribute__((constructor)) static void crc32c_table_build(void)
 			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
 		crc32c_table[i] = c;
 	}
+#if defined(__x86_64__)
+	__builtin_cpu_init();
+	crc32c_hw = __builtin_cpu_supports("sse4.2");
+#endif
 }
+
+#if defined(__x86_64__)
+/* SSE4.2's crc32 instruction computes CRC-32C, 8 bytes at a time: every
+ * usage record is checksummed on the request path. Chosen at start-up, so
+ * the build stays baseline x86-64. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t c, const uint8_t *p,
+                                                                 size_t len)
+{
+	uint64_t c64 = c;
+	for (; len >= 8; p += 8, len -= 8) {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		c64 = __builtin_ia32_crc32di(c64, v);
+	}
+	c = (uint32_t)c64;
+	for (; len; p++, len--)
+		c = __builtin_ia32_crc32qi(c, *p);
+	return c;
+}
+#endif
 
 uint32_t sl_crc32c(const void *data, size_t len)
 {
 	const uint8_t *p = data;
 	uint32_t c = 0xFFFFFFFFu;
+#if defined(__x86_64__)
+	if (crc32c_hw)
+		return crc32c_sse42(c, p, len) ^ 0xFFFFFFFFu;
+#endif
 	for (size_t i = 0; i < len; i++)
 		c = crc32c_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
 	return c ^ 0xFFFFFFFFu;

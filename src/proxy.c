@@ -577,6 +577,7 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
 }
 
 static const struct sockaddr *client_peer(struct sl_conn *c);
+static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *data, size_t len);
 
 /* Rounded to the nearest micro-dollar: tokens x (micro-dollars per 1M). */
 static int64_t price_tokens(uint64_t tokens, int64_t per_million)
@@ -609,7 +610,7 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		rec.ttfb_ms = (uint32_t)SL_MIN(c->cx.first_byte_ms - c->cx.started_ms,
 		                               (uint64_t)UINT32_MAX);
 	/* 499: the client went away before the response ended (nginx's code) */
-	rec.status = client_gone && !c->cx.response_done ? 499 : c->cx.status;
+	rec.status = client_gone ? 499 : c->cx.status;
 	if (c->cx.stream)
 		rec.flags |= SL_UREC_STREAM;
 	if (c->cx.target) {
@@ -622,7 +623,8 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		rec.flags |= SL_UREC_REFUSED;
 	}
 	const struct sl_token_usage *u = &c->cx.usage;
-	if (u->fields_seen & (SL_USAGE_INPUT | SL_USAGE_OUTPUT)) {
+	bool reported = u->fields_seen & (SL_USAGE_INPUT | SL_USAGE_OUTPUT);
+	if (reported) {
 		/* input is the uncached part: OpenAI counts cached tokens in it */
 		rec.input_tokens = u->input_tokens;
 		if ((u->fields_seen & SL_USAGE_CACHE_READ_IN_INPUT))
@@ -630,8 +632,29 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		rec.output_tokens = u->output_tokens;
 		rec.cache_read_tokens = u->cache_read_tokens;
 		rec.cache_write_tokens = u->cache_write_tokens;
-	} else if (c->cx.target && c->cx.status >= 200 && c->cx.status < 300) {
-		rec.flags |= SL_UREC_ESTIMATED; /* the upstream did not say */
+	}
+	bool generated = rec.status == 499 || (rec.status >= 200 && rec.status < 300);
+	if (c->cx.target && generated && (!reported || !c->cx.upstream_done)) {
+		/* The upstream did not say, or not to the end (a stream cut
+		 * short, a client gone: an Anthropic stream reports its input
+		 * first and its output last): bill what was relayed, never zero.
+		 * Input, if unknown: a quarter token per request byte. Output:
+		 * one token per content event of a stream (the deltas), less the
+		 * events before the first delta (OpenAI's role chunk; Anthropic's
+		 * message_start, content_block_start, ping), or a quarter token
+		 * per byte of a body; never below what the upstream said. */
+		rec.flags |= SL_UREC_ESTIMATED;
+		if (!(u->fields_seen & SL_USAGE_INPUT))
+			rec.input_tokens = (c->cx.request_bytes + 3) / 4;
+		uint64_t out;
+		if (c->cx.events) {
+			unsigned preamble =
+			    cfg->providers[c->cx.target->provider].format == SL_FORMAT_ANTHROPIC ? 3 : 1;
+			out = c->cx.events > preamble ? c->cx.events - preamble : 0;
+		} else {
+			out = (c->cx.relayed_bytes + 3) / 4;
+		}
+		rec.output_tokens = SL_MAX(rec.output_tokens, out);
 	}
 	const struct sl_model_price *pr = &model->price;
 	if (pr->set) {
@@ -1607,6 +1630,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	if (r->ulog) {
 		/* from here on the exchange leaves a usage record */
 		c->cx.routed = true;
+		c->cx.request_bytes = body_len;
 		c->cx.scan_usage = true;
 		sl_usage_scanner_init(&c->cx.usage_scan);
 		memset(&c->cx.usage, 0, sizeof c->cx.usage);
@@ -2030,7 +2054,7 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	if (take < len)
 		u->ux.resp_keep_alive = false; /* bytes after the response: not reusable */
 	if (c->cx.scan_usage && take)
-		sl_usage_scanner_feed(&c->cx.usage_scan, data, take, &c->cx.usage);
+		usage_feed(u, c, data, take);
 	bool kept = false;
 	if (u->ux.convert_mode != SL_CONVERT_NONE) {
 		/* converted: the bytes are read here, never relayed as they are */
@@ -2073,12 +2097,32 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	sl_conn_send_flush(r, c);
 	client_send_timer(r, c);
 	if (done) {
+		c->cx.upstream_done = true;
 		upstream_release_to_pool(r, u); /* unpairs */
 		client_exchange_done(r, c);
 	} else if (!u->recv_paused) {
 		sl_timer_arm(r, &u->timer, &r->upstreams[u->ux.provider].idle_q);
 	}
 	return kept;
+}
+
+/* The upstream's response bytes pass the usage scanner; their count and,
+ * for an event stream, the number of events are kept for the estimate a
+ * response cut short is billed by (usage_log_record). */
+static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *data, size_t len)
+{
+	sl_usage_scanner_feed(&c->cx.usage_scan, data, len, &c->cx.usage);
+	c->cx.relayed_bytes += len;
+	if (!u->ux.is_sse)
+		return;
+	/* an event ends with a blank line: "\n\n", maybe split across pieces */
+	const char *p = data, *end = data + len;
+	if (c->cx.last_was_nl && *p == '\n')
+		c->cx.events++;
+	while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL && ++p < end)
+		if (*p == '\n')
+			c->cx.events++, p++;
+	c->cx.last_was_nl = end[-1] == '\n';
 }
 
 /* Builds and queues the client's response head from the upstream's. */
@@ -2250,7 +2294,7 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 	size_t rest_len = src_len - (size_t)n;
 	if (inline_rest) {
 		if (c->cx.scan_usage)
-			sl_usage_scanner_feed(&c->cx.usage_scan, rest, rest_len, &c->cx.usage);
+			usage_feed(u, c, rest, rest_len);
 		/* relay_head sized its block for the body: append it there */
 		struct sl_send_entry *e = &c->sq.entries[(c->sq.head + c->sq.num - 1) & (SL_SENDQ_CAP - 1)];
 		SL_ASSERT(e->owner == SL_OWN_POOL &&

@@ -15,9 +15,12 @@
  *
  * Damage. Each segment is scanned with the seq its file name says it starts
  * at; a name that does not follow on from the previous segment's last good
- * record is a gap. verify reports every problem; export and totals warn on
- * stderr, skip the rest of a damaged segment, go on with the next one and
- * exit 1, so that a script never takes a partial export for a whole one.
+ * record is a gap. A segment whose header names another core than its file
+ * name (a copy, a bad rename) is left out, lest it be billed twice. verify
+ * reports every problem; export and totals warn on stderr, keep the good
+ * records before a damage, skip the rest of that segment, go on with the
+ * next one and exit 1, so that a script never takes a partial export for a
+ * whole one.
  *
  * Exit status: 0 clean, 1 damage or an error (message on stderr), 2 usage
  * error.

@@ -182,7 +182,6 @@ struct sl_conn {
 		uint8_t format;             /* enum sl_format of the route */
 		bool sent_continue;
 		bool response_started;      /* a response byte was queued to the client */
-		bool response_done;
 		bool retried;               /* a stale pooled connection was replaced */
 		bool http10;                /* HTTP/1.0 client: no chunked responses */
 		/* format conversion (NULL conv: zero-copy pass-through) */
@@ -214,6 +213,11 @@ struct sl_conn {
 		uint16_t status;          /* of the response head sent */
 		uint64_t first_byte_ms;   /* monotonic; 0: nothing sent yet */
 		const struct sl_model_target *target;
+		uint64_t request_bytes;   /* the request body's length */
+		uint64_t relayed_bytes;   /* of the upstream's response body */
+		uint32_t events;          /* of an upstream event stream */
+		bool last_was_nl;         /* the last byte relayed was '\n' */
+		bool upstream_done;       /* the upstream's response ended whole */
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */

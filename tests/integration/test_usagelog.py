@@ -183,6 +183,14 @@ def records_for_every_way_a_request_ends(e):
             r = c.read_stream()
             expect(r.status == 200, f"messages stream: {r.status}")
             ids["messages_stream"] = (r.header("x-request-id"), None)
+            # a stream the upstream cuts after 5 deltas: no final usage
+            c.send(build_request("POST", "/v1/messages", messages_body(stream=True),
+                                 dict(XKEY, **{"x-mock-disconnect-after": "5", "x-mock-tokens": "20"})))
+            try:
+                r = c.read_stream()
+                ids["cut_stream"] = (r.header("x-request-id"), None)
+            except Closed:
+                raise AssertionError("the gateway closed the client on a cut upstream stream")
             # a converted request: Messages route, OpenAI-format model
             c.send(build_request("POST", "/v1/messages", messages_body(model="gpt-4o-mini"), XKEY))
             r = c.read_response()
@@ -262,6 +270,10 @@ def records_for_every_way_a_request_ends(e):
         expect(r["input"] > 0 and r["output"] > 0 and not r["flags"] & FLAG_ESTIMATED,
                f"stream tokens: {r}")
 
+        r = recs[ids["cut_stream"][0]]
+        expect(r["flags"] & FLAG_ESTIMATED and r["output"] == 5 and r["input"] > 0,
+               f"cut stream: expected estimated usage with 5 output tokens (the deltas relayed): {r}")
+
         r = recs[ids["converted"][0]]
         u = ids["converted"][1]
         expect((r["model"], r["provider"], r["input"], r["output"]) ==
@@ -272,12 +284,13 @@ def records_for_every_way_a_request_ends(e):
         expect(r["status"] >= 500 and r["cost"] == 0, f"upstream error record: {r}")
 
         r = recs[ids["aborted"][0]]
-        expect(r["status"] == 499 and r["flags"] & FLAG_STREAM, f"aborted stream record: {r}")
+        expect(r["status"] == 499 and r["flags"] & FLAG_STREAM and r["flags"] & FLAG_ESTIMATED
+               and r["input"] > 0, f"aborted stream record: {r}")
 
         r = recs[ids["refused"][0]]
         expect(r["status"] == 429 and r["flags"] & FLAG_REFUSED and r["key_id"] == tiny_id
                and r["provider"] == "" and r["cost"] == 0, f"refused record: {r}")
-        expect(len(recs) == 8, f"{len(recs)} records, expected 8 (7 above + tiny's first)")
+        expect(len(recs) == 9, f"{len(recs)} records, expected 9 (8 above + tiny's first)")
     finally:
         g.cleanup()
 

@@ -505,6 +505,29 @@ TEST(parse_usd_table)
 	CHECK(strcmp(buf, "0.000000") == 0);
 }
 
+/* Bit by bit, for checking the table and the SSE4.2 paths on every length
+ * and alignment. */
+static uint32_t crc32c_bitwise(const uint8_t *p, size_t n)
+{
+	uint32_t c = 0xFFFFFFFFu;
+	for (size_t i = 0; i < n; i++) {
+		c ^= p[i];
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+	}
+	return c ^ 0xFFFFFFFFu;
+}
+
+TEST(crc32c_matches_bitwise_all_lengths_and_offsets)
+{
+	uint8_t buf[300];
+	for (size_t i = 0; i < sizeof buf; i++)
+		buf[i] = (uint8_t)(i * 131 + 7);
+	for (size_t off = 0; off < 8; off++)
+		for (size_t n = 0; n + off <= sizeof buf; n += 1 + n / 16)
+			CHECK_EQ_INT(sl_crc32c(buf + off, n), crc32c_bitwise(buf + off, n));
+}
+
 TEST(crc32c_known_vector)
 {
 	CHECK_EQ_INT(sl_crc32c("123456789", 9), 0xE3069283u);
@@ -517,6 +540,7 @@ int main(void)
 		return 1;
 	}
 	RUN(crc32c_known_vector);
+	RUN(crc32c_matches_bitwise_all_lengths_and_offsets);
 	RUN(create_lookup_revoke_topup);
 	RUN(invalid_fields_rejected);
 	RUN(reload_equals_and_wrong_key_not_found);
