@@ -8,12 +8,15 @@ The segments are read here by an independent parser of the format documented
 in include/sluice/usagelog.h (CRC-32C included), not by the gateway's own
 reader, so a format bug on either side shows."""
 
+import csv
+import io
 import json
 import os
 import random
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -291,6 +294,45 @@ def records_for_every_way_a_request_ends(e):
         expect(r["status"] == 429 and r["flags"] & FLAG_REFUSED and r["key_id"] == tiny_id
                and r["provider"] == "" and r["cost"] == 0, f"refused record: {r}")
         expect(len(recs) == 9, f"{len(recs)} records, expected 9 (8 above + tiny's first)")
+
+        # the bundled tool agrees with this reader, and its totals with its export
+        def tool(*args):
+            return subprocess.run([GATEWAY_BIN, "usage", *args, "-c", g.cfg_path],
+                                  capture_output=True, text=True, timeout=30)
+        v = tool("verify")
+        expect(v.returncode == 0 and "records 9" in v.stdout, f"usage verify: {v.returncode} {v.stdout}")
+        x = tool("export", "--format", "jsonl")
+        expect(x.returncode == 0, f"usage export: {x.returncode} {x.stderr}")
+        rows = [json.loads(line) for line in x.stdout.splitlines()]
+        expect(sorted(row["request_id"] for row in rows) == sorted(recs),
+               "export's request ids differ from the log's")
+        for row in rows:
+            mine = recs[row["request_id"]]
+            expect((row["input_tokens"], row["output_tokens"], row["cache_read_tokens"],
+                    row["cache_write_tokens"], row["cost_micro_usd"], row["status"],
+                    row["usage"] == "estimated", row["refused"]) ==
+                   (mine["input"], mine["output"], mine["cache_read"], mine["cache_write"],
+                    mine["cost"], mine["status"], bool(mine["flags"] & FLAG_ESTIMATED),
+                    bool(mine["flags"] & FLAG_REFUSED)), f"export row {row} vs record {mine}")
+        t = tool("totals", "--by", "model", "--format", "csv")
+        expect(t.returncode == 0, f"usage totals: {t.returncode} {t.stderr}")
+        trows = list(csv.DictReader(io.StringIO(t.stdout)))
+        total = [row for row in trows if row[next(iter(row))] == "TOTAL"]
+        expect(len(total) == 1 and int(total[0]["requests"]) == 9 and
+               int(total[0]["cost_micro_usd"]) == sum(r["cost"] for r in recs.values()) and
+               int(total[0]["output_tokens"]) == sum(r["output"] for r in recs.values()),
+               f"totals TOTAL {total} vs the records")
+        # a flipped byte in a record: verify says so and exits 1
+        udir = os.path.join(g.data_dir, "usage")
+        seg = max((os.path.join(udir, n) for n in os.listdir(udir)), key=os.path.getsize)
+        with open(seg, "r+b") as f:
+            f.seek(16 + 16 + 20)
+            b = f.read(1)
+            f.seek(16 + 16 + 20)
+            f.write(bytes([b[0] ^ 0xFF]))
+        v = tool("verify")
+        expect(v.returncode == 1 and os.path.basename(seg) in v.stdout + v.stderr,
+               f"usage verify on a corrupt segment: {v.returncode} {v.stdout} {v.stderr}")
     finally:
         g.cleanup()
 
