@@ -65,26 +65,32 @@ static void put2(char *p, unsigned v)
 	p[1] = (char)('0' + v % 10);
 }
 
-/* Every rate-limited response carries two of these, so no gmtime_r and
- * strftime: the civil date comes from the day count by shifting the year to
- * start in March (the leap day is then the last day of a year) and counting
- * 400-year eras of 146097 days. Years past 9999 are clamped. */
-void sl_format_rfc3339(uint64_t unix_ms, char out[21])
+void sl_civil_from_days(uint64_t days, unsigned *year, unsigned *month, unsigned *day)
 {
-	uint64_t t = unix_ms / 1000 + (unix_ms % 1000 != 0); /* rounded up, like Retry-After */
-	if (t > UINT64_C(253402300799))
-		t = UINT64_C(253402300799); /* 9999-12-31T23:59:59Z */
-	unsigned sec_of_day = (unsigned)(t % 86400);
-	uint64_t z = t / 86400 + 719468; /* days since 0000-03-01 */
+	/* shift the year to start in March (the leap day is then the last day
+	 * of a year) and count 400-year eras of 146097 days */
+	uint64_t z = days + 719468; /* days since 0000-03-01 */
 	uint64_t era = z / 146097;
 	unsigned day_of_era = (unsigned)(z - era * 146097);
 	unsigned year_of_era =
 	    (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
 	unsigned day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
 	unsigned month_from_march = (5 * day_of_year + 2) / 153;
-	unsigned day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-	unsigned month = month_from_march < 10 ? month_from_march + 3 : month_from_march - 9;
-	unsigned year = (unsigned)(era * 400 + year_of_era) + (month <= 2);
+	*day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+	*month = month_from_march < 10 ? month_from_march + 3 : month_from_march - 9;
+	*year = (unsigned)(era * 400 + year_of_era) + (*month <= 2);
+}
+
+/* Every rate-limited response carries two of these, so no gmtime_r and
+ * strftime. Years past 9999 are clamped. */
+void sl_format_rfc3339(uint64_t unix_ms, char out[21])
+{
+	uint64_t t = unix_ms / 1000 + (unix_ms % 1000 != 0); /* rounded up, like Retry-After */
+	if (t > UINT64_C(253402300799))
+		t = UINT64_C(253402300799); /* 9999-12-31T23:59:59Z */
+	unsigned sec_of_day = (unsigned)(t % 86400);
+	unsigned year, month, day;
+	sl_civil_from_days(t / 86400, &year, &month, &day);
 	put2(out, year / 100);
 	put2(out + 2, year % 100);
 	out[4] = '-';

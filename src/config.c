@@ -1488,17 +1488,31 @@ static int parse_usage_log(struct loader *ld, json_t *root)
 static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 {
 	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
-		                            "concurrent", "requests_per_day", "models", NULL };
+		                            "concurrent", "requests_per_day", "models", "prepaid",
+		                            "budget_usd_per_day", "budget_usd_per_month", NULL };
 	struct sl_config *c = ld->config;
 	int rc;
 	if (!json_is_object(obj))
 		return fail(ld, "expected an object");
+	struct sl_model_price unused = { 0 };
 	if ((rc = check_keys(ld, obj, keys)) ||
 	    (rc = read_u64(ld, obj, "requests_per_minute", 0, LIMIT_MAX, &t->requests_per_minute)) ||
 	    (rc = read_u64(ld, obj, "tokens_per_minute", 0, LIMIT_MAX, &t->tokens_per_minute)) ||
 	    (rc = read_u64(ld, obj, "concurrent", 0, LIMIT_MAX, &t->concurrent)) ||
-	    (rc = read_u64(ld, obj, "requests_per_day", 0, LIMIT_MAX, &t->requests_per_day)))
+	    (rc = read_u64(ld, obj, "requests_per_day", 0, LIMIT_MAX, &t->requests_per_day)) ||
+	    (rc = read_price_field(ld, obj, "budget_usd_per_day", 1, &t->budget_day_micro_usd,
+	                           &unused)) ||
+	    (rc = read_price_field(ld, obj, "budget_usd_per_month", 1, &t->budget_month_micro_usd,
+	                           &unused)))
 		return rc;
+	json_t *prepaid = json_object_get(obj, "prepaid");
+	if (prepaid) {
+		if (!json_is_boolean(prepaid)) {
+			path_push_key(ld, "prepaid");
+			return fail(ld, "expected true or false");
+		}
+		t->prepaid = json_is_true(prepaid);
+	}
 	json_t *models = json_object_get(obj, "models");
 	if (!models)
 		return 0;
@@ -1621,6 +1635,15 @@ static int load_tree(struct loader *ld, json_t *root)
 		return rc;
 	if (!(c->data_dir = dup_string(data_dir ? data_dir : "data")))
 		return fail_oom(ld);
+	for (uint32_t i = 0; i < c->num_tiers && !c->usage_log.enabled; i++) {
+		const struct sl_tier_config *t = &c->tiers[i];
+		if (t->prepaid || t->budget_day_micro_usd || t->budget_month_micro_usd) {
+			path_push_key(ld, "tiers");
+			path_push_key(ld, t->name);
+			return fail(ld, "balances and budgets are settled from the usage log: "
+			                "\"usage_log\" must be enabled");
+		}
+	}
 	return build_models_json(ld);
 }
 

@@ -4,6 +4,7 @@
  * thread.
  */
 #include "sluice/gate.h"
+#include "sluice/credit.h"
 #include "sluice/ipblock.h"
 #include "sluice/keytab.h"
 #include "sluice/reactor.h"
@@ -210,6 +211,11 @@ int sl_gate_create(const struct sl_config *config, uint32_t cores, struct sl_gat
 		sl_gate_free(g);
 		return rc;
 	}
+	if ((rc = sl_credit_create(config->rate.keys_max, &g->credit))) {
+		snprintf(err, err_len, "balances: %s", strerror(-rc));
+		sl_gate_free(g);
+		return rc;
+	}
 	for (uint32_t i = 0; i < config->num_models; i++) {
 		const struct sl_model_limits *ml = &config->models[i].limits;
 		if (!ml->set)
@@ -290,6 +296,7 @@ void sl_gate_free(struct sl_gate *g)
 	sl_gate_stop(g);
 	snapshot_free(atomic_load(&g->snap));
 	sl_limiter_free(g->limiter);
+	sl_credit_free(g->credit);
 	sl_ipblock_free(g->ipblock);
 	if (g->data_dir_fd >= 0)
 		close(g->data_dir_fd);
@@ -338,10 +345,60 @@ int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t
 	}
 	snapshot_free(old);
 	uint32_t n = sl_keytab_num(s->keys), active = 0;
+	/* top-ups: each key's balance change since the last load */
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sl_keytab_entry *e = sl_keytab_at(s->keys, i);
+		if (e->slot < g->credit->slots)
+			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd, NULL,
+			                      sl_gate_unix_ms(g, clock_ms(CLOCK_MONOTONIC)));
+	}
 	for (uint32_t i = 0; i < n; i++)
 		active += sl_keytab_at(s->keys, i)->status == SL_KEY_ACTIVE;
 	snprintf(msg, msg_len, "keys reloaded: %u keys (%u active)%s", n, active,
 	         unknown ? "; some active keys name an unknown tier" : "");
+	return 0;
+}
+
+struct credit_load {
+	struct sl_gate *g;
+	uint64_t now;
+	uint8_t *seen; /* per key slot: given its spending already */
+};
+
+static void credit_load_visit(void *arg, const char *key_id, const struct sl_credit_spent *spent)
+{
+	struct credit_load *cl = arg;
+	struct sl_gate_snapshot *s = atomic_load(&cl->g->snap);
+	const struct sl_keytab_entry *e = s->keys ? sl_keytab_by_id(s->keys, key_id) : NULL;
+	if (!e || e->slot >= cl->g->credit->slots)
+		return; /* a key no longer in the store */
+	sl_credit_set_balance(cl->g->credit, e->slot, e->balance_micro_usd, spent, cl->now);
+	cl->seen[e->slot / 8] |= (uint8_t)(1u << (e->slot % 8));
+}
+
+int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, size_t msg_len)
+{
+	struct credit_load cl = { .g = g, .now = sl_gate_unix_ms(g, clock_ms(CLOCK_MONOTONIC)) };
+	cl.seen = calloc((g->credit->slots + 7) / 8, 1);
+	if (!cl.seen)
+		return -ENOMEM;
+	int64_t records = usage_dir ? sl_credit_replay(usage_dir, cl.now, credit_load_visit, &cl) : 0;
+	if (records < 0) {
+		free(cl.seen);
+		snprintf(msg, msg_len, "cannot replay the usage log: %s", strerror((int)-records));
+		return (int)records;
+	}
+	/* keys with no cost in the log have their whole balance */
+	struct sl_gate_snapshot *s = atomic_load(&g->snap);
+	uint32_t n = s->keys ? sl_keytab_num(s->keys) : 0;
+	static const struct sl_credit_spent none;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sl_keytab_entry *e = sl_keytab_at(s->keys, i);
+		if (e->slot < g->credit->slots && !(cl.seen[e->slot / 8] & (1u << (e->slot % 8))))
+			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd, &none, cl.now);
+	}
+	free(cl.seen);
+	snprintf(msg, msg_len, "balances: %lld usage records replayed", (long long)records);
 	return 0;
 }
 

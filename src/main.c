@@ -96,7 +96,8 @@ static void on_reactor_ready(struct sl_reactor *r, int rc)
 
 /* Checks the usage log (cutting a torn tail a crash left) and opens one
  * writer per reactor, each continuing its core's sequence. */
-static int open_usage_logs(const struct sl_config *cfg, struct sl_reactor *reactors, uint32_t n)
+static int open_usage_logs(const struct sl_config *cfg, struct sl_gate *gate,
+                           struct sl_reactor *reactors, uint32_t n)
 {
 	char dir[PATH_MAX];
 	if ((size_t)snprintf(dir, sizeof dir, "%s/usage", cfg->data_dir) >= sizeof dir) {
@@ -113,6 +114,12 @@ static int open_usage_logs(const struct sl_config *cfg, struct sl_reactor *react
 	int rc = sl_ulog_recover(dir, next, n, stderr);
 	if (rc) {
 		fprintf(stderr, "sluice: usage log: %s: %s\n", dir, strerror(-rc));
+		free(next);
+		return -1;
+	}
+	char msg[256];
+	if (gate && (rc = sl_gate_credit_load(gate, dir, msg, sizeof msg)) != 0) {
+		fprintf(stderr, "sluice: %s\n", msg);
 		free(next);
 		return -1;
 	}
@@ -240,8 +247,13 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		reactors[i].gate = gate;
 	}
 	free(fds);
-	if (cfg->usage_log.enabled && open_usage_logs(cfg, reactors, n) != 0)
+	if (cfg->usage_log.enabled && open_usage_logs(cfg, gate, reactors, n) != 0)
 		return 1;
+	if (!cfg->usage_log.enabled && gate) {
+		char msg[256];
+		if (sl_gate_credit_load(gate, NULL, msg, sizeof msg) != 0)
+			return 1;
+	}
 	for (uint32_t i = 0; i < n; i++)
 		pthread_create(&reactors[i].thread, NULL, reactor_thread, &reactors[i]);
 

@@ -15,6 +15,7 @@
  * upstream recv: backpressure, not memory growth.
  */
 #include "sluice/convert.h"
+#include "sluice/credit.h"
 #include "sluice/gate.h"
 #include "sluice/ipblock.h"
 #include "sluice/json.h"
@@ -664,6 +665,11 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		cost += price_tokens(rec.cache_write_tokens, pr->cache_write);
 		rec.cost_micro_usd = cost;
 	}
+	if (c->cx.credit_held) {
+		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, rec.cost_micro_usd,
+		                 sl_gate_unix_ms(r->gate, r->now_ms));
+		c->cx.credit_held = false;
+	}
 	if (c->have_peer || client_peer(c)) {
 		const struct sockaddr_in6 *a6 = &c->peer_addr;
 		if (a6->sin6_family == AF_INET6) {
@@ -894,7 +900,54 @@ static void refuse_limit(struct sl_reactor *r, struct sl_conn *c, enum sl_limit_
  * rate_limits.max_tokens_estimate_max). The parse happens only for keys or
  * models that have a token limit. */
 static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const char *body,
-                                size_t body_len, const struct sl_model_config *model);
+                                size_t body_len, const struct sl_model_config *model,
+                                uint64_t *output_part);
+
+/* The most a request may cost, from the estimate at admission: the hold a
+ * prepaid key's balance must cover. */
+static int64_t exchange_hold(const struct sl_model_config *model, uint64_t input, uint64_t output)
+{
+	const struct sl_model_price *pr = &model->price;
+	if (!pr->set)
+		return 0;
+	unsigned __int128 x = (unsigned __int128)input * (uint64_t)SL_MAX(pr->input, 0) +
+	                      (unsigned __int128)output * (uint64_t)SL_MAX(pr->output, 0);
+	x = (x + 999999) / 1000000; /* rounded up: a hold never falls short by rounding */
+	return x > INT64_MAX ? INT64_MAX : (int64_t)x;
+}
+
+/* Holds the request's worst cost on a prepaid key's balance and checks its
+ * budgets. Returns false when it was refused (402, answered). */
+static bool exchange_credit(struct sl_reactor *r, struct sl_conn *c,
+                            const struct sl_model_config *model, uint64_t input, uint64_t output)
+{
+	struct sl_gate *g = r->gate;
+	const struct sl_tier_config *t = &r->config->tiers[c->cx.key.tier];
+	int64_t hold = t->prepaid ? exchange_hold(model, input, output) : 0;
+	enum sl_credit_refusal k =
+	    sl_credit_hold(g->credit, c->cx.key.slot, hold, t->prepaid, t->budget_day_micro_usd,
+	                   t->budget_month_micro_usd, sl_gate_unix_ms(g, r->now_ms));
+	if (k == SL_CREDIT_OK) {
+		c->cx.credit_hold = hold;
+		c->cx.credit_held = true;
+		return true;
+	}
+	char msg[192];
+	if (k == SL_CREDIT_BALANCE)
+		snprintf(msg, sizeof msg,
+		         "This API key's balance does not cover this request (up to $%lld.%06lld; "
+		         "available $%lld.%06lld): add credits",
+		         (long long)(hold / 1000000), (long long)(hold % 1000000),
+		         (long long)(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0) / 1000000),
+		         (long long)(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0) % 1000000));
+	else
+		snprintf(msg, sizeof msg, "This API key has reached its %s spending budget",
+		         k == SL_CREDIT_BUDGET_DAY ? "daily" : "monthly");
+	limits_peek(r, c);
+	exchange_fail(r, c, 402, k == SL_CREDIT_BALANCE ? "insufficient_balance" : "budget_exceeded",
+	              msg, NULL);
+	return false;
+}
 
 /* Admits the exchange under its key's and model's limits. Returns false
  * when it was refused (answered). */
@@ -928,7 +981,13 @@ static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
 	              model->limits.tokens_per_minute;
 	if (!keyed && !model->limits.set)
 		return true;
-	uint64_t estimate = tokens ? estimate_tokens(r, c, body, body_len, model) : 0;
+	const struct sl_tier_config *tier = keyed ? &cfg->tiers[c->cx.key.tier] : NULL;
+	bool credit = keyed && (tier->prepaid || tier->budget_day_micro_usd ||
+	                        tier->budget_month_micro_usd);
+	uint64_t output = 0;
+	uint64_t estimate = tokens || credit ? estimate_tokens(r, c, body, body_len, model, &output) : 0;
+	if (credit && !exchange_credit(r, c, model, estimate - output, output))
+		return false;
 	if (tokens) {
 		c->cx.scan_usage = true;
 		sl_usage_scanner_init(&c->cx.usage_scan);
@@ -1549,7 +1608,8 @@ static void count_tokens_locally(struct sl_reactor *r, struct sl_conn *c, const 
 }
 
 static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const char *body,
-                                size_t body_len, const struct sl_model_config *model)
+                                size_t body_len, const struct sl_model_config *model,
+                                uint64_t *output_part)
 {
 	const struct sl_rate_config *rc = &r->config->rate;
 	uint64_t rough = (body_len + 3) / 4; /* JSON bytes / 4: never far below */
@@ -1560,6 +1620,7 @@ static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const c
 	sl_arena_init(&c->cx.arena, &r->mem, exchange_arena_limit(r, body_len));
 	struct sl_json *in = NULL;
 	struct sl_json_error jerr = { 0 };
+	*output_part = output;
 	if (sl_json_parse(&c->cx.arena, body, body_len, NULL, &in, &jerr) != 0)
 		return rough + output; /* refused later, by the converter or upstream */
 	static const char *const max_keys[] = { "max_tokens", "max_completion_tokens",
@@ -1576,6 +1637,7 @@ static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const c
 	int64_t counted = sl_json_get(in, "messages") ? sl_count_tokens_local(in) : -1;
 	uint64_t input = counted > 0 ? (uint64_t)counted : rough;
 	sl_arena_release(&c->cx.arena);
+	*output_part = output;
 	return input + output;
 }
 

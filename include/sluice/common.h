@@ -72,6 +72,10 @@ uint32_t sl_crc32c(const void *data, size_t len);
  * precision, rounded up so a reset is never early) into out[21]. */
 void sl_format_rfc3339(uint64_t unix_ms, char out[21]);
 
+/* sl_civil_from_days: the proleptic Gregorian date of a count of days since
+ * 1970-01-01. */
+void sl_civil_from_days(uint64_t days, unsigned *year, unsigned *month, unsigned *day);
+
 /* Little-endian 32-bit fields of on-disk frames. */
 static inline void sl_put_le32(uint8_t *p, uint32_t v)
 {

@@ -140,6 +140,13 @@ struct sl_tier_config {
 	/* models the tier may use: model_allowed[i] for sl_config.models[i], or
 	 * NULL for every model */
 	uint8_t *model_allowed;
+	/* billing (credit.h, docs/billing.md): "prepaid": a request needs the
+	 * key's balance to cover its hold (else 402 insufficient_balance);
+	 * budgets in micro-dollars per UTC day / month, 0: none (else 402
+	 * budget_exceeded) */
+	bool prepaid;
+	int64_t budget_day_micro_usd;
+	int64_t budget_month_micro_usd;
 };
 
 /* "auth": client authentication and failed-auth IP blocking. */

@@ -46,6 +46,8 @@ enum sl_gate_auth {
 
 struct sl_gate_snapshot; /* a key table plus its slot -> tier map */
 
+struct sl_credit;
+
 struct sl_gate {
 	const struct sl_config *config;
 	uint32_t cores;
@@ -53,6 +55,7 @@ struct sl_gate {
 	_Atomic uint64_t epoch; /* bumped by each swap; reactors echo it per turn */
 	struct sl_ipblock *ipblock; /* NULL: IP blocking off */
 	struct sl_limiter *limiter;
+	struct sl_credit *credit; /* balances and budgets, per key slot */
 	uint32_t model_slot_base; /* model i's global limits use slot base + i */
 	int64_t unix_offset_ms;   /* unix ms = monotonic ms + this */
 	int data_dir_fd;          /* -1: no data directory (nothing persisted) */
@@ -72,6 +75,12 @@ struct sl_gate {
  * are created and SIGHUP is sent). Returns 0, or -errno with a line in err. */
 int sl_gate_create(const struct sl_config *config, uint32_t cores, struct sl_gate **out,
                    char *err, size_t err_len);
+
+/* sl_gate_credit_load (before the reactors start, after the usage log's
+ * recovery) derives each key's balance and budget spending: its journal
+ * balance less the costs of its records in usage_dir (NULL: no log). A line
+ * for the start-up log goes to msg. 0 or -errno. */
+int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, size_t msg_len);
 
 /* sl_gate_start starts the reconciler thread. 0 or -errno. */
 int sl_gate_start(struct sl_gate *g);

@@ -218,6 +218,8 @@ struct sl_conn {
 		uint32_t events;          /* of an upstream event stream */
 		bool last_was_nl;         /* the last byte relayed was '\n' */
 		bool upstream_done;       /* the upstream's response ended whole */
+		bool credit_held;         /* credit.h: settle credit_hold at the end */
+		int64_t credit_hold;
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */

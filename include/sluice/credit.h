@@ -1,0 +1,99 @@
+/*
+ * credit.h - what each client key may still spend: its prepaid balance, held
+ * against at admission and settled with the real cost, and its spending
+ * budgets per day and per month. docs/billing.md has the rules and bounds.
+ *
+ * All amounts are integer micro-dollars. State is derived, never stored on
+ * its own: at start the balance of a key is its journal balance (the sum of
+ * its top-ups, keys.h) minus the cost of all its records in the usage log,
+ * which sl_credit_replay computes; while running, settlements keep it.
+ *
+ * Per key slot, one cache line of atomics shared by the reactors: a hold and
+ * a settlement are one fetch-and-add each on the key's own line (no lock, no
+ * malloc, no system call). A key hammered from every core bounces that line
+ * between cores; keys do not interfere with each other.
+ *
+ * Bounds. A hold reserves the request's worst cost as estimated at admission
+ * (input estimate at the input price + output tokens up to max_tokens, capped,
+ * at the output price), so a balance can go below zero only by what requests
+ * in flight cost beyond their hold: for a request with max_tokens at most the
+ * cap, by its input beyond the estimate. Budgets count settled costs: a
+ * budget can be exceeded by the cost of the requests in flight when it was
+ * reached.
+ */
+#ifndef SLUICE_CREDIT_H
+#define SLUICE_CREDIT_H
+
+#include "sluice/common.h"
+
+#include <stdatomic.h>
+
+enum sl_credit_refusal {
+	SL_CREDIT_OK = 0,
+	SL_CREDIT_BALANCE,      /* 402 insufficient_balance */
+	SL_CREDIT_BUDGET_DAY,   /* 402 budget_exceeded */
+	SL_CREDIT_BUDGET_MONTH, /* 402 budget_exceeded */
+};
+
+struct sl_credit_slot {
+	_Atomic int64_t available;   /* balance - costs settled - holds outstanding */
+	_Atomic int64_t day_spent;   /* costs settled in day day_id */
+	_Atomic int64_t month_spent; /* costs settled in month month_id */
+	_Atomic uint32_t day_id;     /* days since the epoch (UTC) */
+	_Atomic uint32_t month_id;   /* year * 12 + month - 1 (UTC) */
+	int64_t balance_seen;        /* the journal balance applied (control thread) */
+	char pad[64 - 40];
+};
+
+struct sl_credit {
+	uint32_t slots;
+	struct sl_credit_slot *slot; /* anonymous mapping: untouched slots cost nothing */
+};
+
+int sl_credit_create(uint32_t slots, struct sl_credit **out);
+void sl_credit_free(struct sl_credit *c);
+
+/* The UTC day and month of a unix time, as sl_credit_slot counts them. */
+uint32_t sl_credit_day_id(uint64_t unix_ms);
+uint32_t sl_credit_month_id(uint64_t unix_ms);
+
+/* Spending of one key found in the usage log (sl_credit_replay's output). */
+struct sl_credit_spent {
+	int64_t total;
+	int64_t day, month; /* in the day / month of `now` */
+};
+
+/* sl_credit_set_balance (control thread): the key's journal balance is
+ * `balance` (at start, with what it spent per the log; on reload, spent is
+ * NULL and only the change of balance since the last call is applied, so
+ * a top-up adds to what is available and nothing else moves). */
+void sl_credit_set_balance(struct sl_credit *c, uint32_t slot, int64_t balance,
+                           const struct sl_credit_spent *spent, uint64_t now_unix_ms);
+
+/* sl_credit_hold (reactors): admits a request of the key that may cost up to
+ * `hold`: checks the budgets (0: none) against the costs settled in the
+ * current day and month, and, when `prepaid`, takes the hold from the
+ * balance, refusing when less than the hold is available. Nothing is taken
+ * on a refusal. */
+enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_t hold,
+                                      bool prepaid, int64_t budget_day, int64_t budget_month,
+                                      uint64_t now_unix_ms);
+
+/* sl_credit_settle (reactors): the request held `hold` (0 when it was not
+ * prepaid) and cost `cost`; exactly once per admitted request. */
+void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t cost,
+                      uint64_t now_unix_ms);
+
+/* sl_credit_available: what the key may still spend now (the balance less
+ * outstanding holds). */
+int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot);
+
+/* sl_credit_replay reads the usage log in dir and sums, per key id, the
+ * costs of its records: visit(arg, key_id, spent) once per key seen.
+ * Returns the number of records read, or -errno; damage is skipped (the
+ * start-up recovery has cut torn tails already; other damage is reported by
+ * `sluice usage verify`). */
+typedef void (*sl_credit_visit_fn)(void *arg, const char *key_id, const struct sl_credit_spent *s);
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit, void *arg);
+
+#endif

@@ -1,0 +1,233 @@
+/*
+ * credit.c - prepaid balances with holds, and spending budgets (credit.h).
+ */
+#include "sluice/credit.h"
+
+#include "sluice/usagelog.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+_Static_assert(sizeof(struct sl_credit_slot) == 64, "one cache line per key");
+
+int sl_credit_create(uint32_t slots, struct sl_credit **out)
+{
+	if (slots == 0)
+		return -EINVAL;
+	struct sl_credit *c = calloc(1, sizeof *c);
+	if (!c)
+		return -ENOMEM;
+	void *m = mmap(NULL, (size_t)slots * sizeof(struct sl_credit_slot), PROT_READ | PROT_WRITE,
+	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->slots = slots;
+	c->slot = m;
+	*out = c;
+	return 0;
+}
+
+void sl_credit_free(struct sl_credit *c)
+{
+	if (!c)
+		return;
+	munmap(c->slot, (size_t)c->slots * sizeof(struct sl_credit_slot));
+	free(c);
+}
+
+uint32_t sl_credit_day_id(uint64_t unix_ms)
+{
+	return (uint32_t)(unix_ms / 86400000);
+}
+
+uint32_t sl_credit_month_id(uint64_t unix_ms)
+{
+	unsigned y, m, d;
+	sl_civil_from_days(unix_ms / 86400000, &y, &m, &d);
+	return y * 12 + m - 1;
+}
+
+/* period_spent: the counter of the current period, restarted at 0 when the
+ * period changed (the first reactor to see the new id resets it). */
+static int64_t period_spent(_Atomic int64_t *spent, _Atomic uint32_t *id, uint32_t now_id)
+{
+	uint32_t seen = atomic_load_explicit(id, memory_order_acquire);
+	while (seen != now_id) {
+		if ((int32_t)(now_id - seen) < 0)
+			return atomic_load_explicit(spent, memory_order_relaxed); /* a clock step back */
+		if (atomic_compare_exchange_weak_explicit(id, &seen, now_id, memory_order_acq_rel,
+		                                          memory_order_acquire)) {
+			atomic_store_explicit(spent, 0, memory_order_release);
+			return 0;
+		}
+	}
+	return atomic_load_explicit(spent, memory_order_relaxed);
+}
+
+void sl_credit_set_balance(struct sl_credit *c, uint32_t slot, int64_t balance,
+                           const struct sl_credit_spent *spent, uint64_t now_unix_ms)
+{
+	SL_ASSERT(slot < c->slots);
+	struct sl_credit_slot *s = &c->slot[slot];
+	if (spent) {
+		atomic_store(&s->available, balance - spent->total);
+		atomic_store(&s->day_id, sl_credit_day_id(now_unix_ms));
+		atomic_store(&s->day_spent, spent->day);
+		atomic_store(&s->month_id, sl_credit_month_id(now_unix_ms));
+		atomic_store(&s->month_spent, spent->month);
+	} else {
+		atomic_fetch_add(&s->available, balance - s->balance_seen);
+	}
+	s->balance_seen = balance;
+}
+
+enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_t hold,
+                                      bool prepaid, int64_t budget_day, int64_t budget_month,
+                                      uint64_t now_unix_ms)
+{
+	SL_ASSERT_HOT(slot < c->slots);
+	struct sl_credit_slot *s = &c->slot[slot];
+	if (budget_day &&
+	    period_spent(&s->day_spent, &s->day_id, sl_credit_day_id(now_unix_ms)) >= budget_day)
+		return SL_CREDIT_BUDGET_DAY;
+	if (budget_month && period_spent(&s->month_spent, &s->month_id,
+	                                 sl_credit_month_id(now_unix_ms)) >= budget_month)
+		return SL_CREDIT_BUDGET_MONTH;
+	if (!prepaid)
+		return SL_CREDIT_OK;
+	/* take the hold, and give it back if that went below zero: two cores
+	 * racing for the last dollars both see the truth of the sum */
+	int64_t before = atomic_fetch_sub_explicit(&s->available, hold, memory_order_acq_rel);
+	if (before < hold || before <= 0) {
+		atomic_fetch_add_explicit(&s->available, hold, memory_order_acq_rel);
+		return SL_CREDIT_BALANCE;
+	}
+	return SL_CREDIT_OK;
+}
+
+void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t cost,
+                      uint64_t now_unix_ms)
+{
+	SL_ASSERT_HOT(slot < c->slots);
+	struct sl_credit_slot *s = &c->slot[slot];
+	atomic_fetch_add_explicit(&s->available, hold - cost, memory_order_acq_rel);
+	if (cost == 0)
+		return;
+	period_spent(&s->day_spent, &s->day_id, sl_credit_day_id(now_unix_ms));
+	atomic_fetch_add_explicit(&s->day_spent, cost, memory_order_acq_rel);
+	period_spent(&s->month_spent, &s->month_id, sl_credit_month_id(now_unix_ms));
+	atomic_fetch_add_explicit(&s->month_spent, cost, memory_order_acq_rel);
+}
+
+int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot)
+{
+	SL_ASSERT(slot < c->slots);
+	return atomic_load_explicit(&((struct sl_credit *)c)->slot[slot].available,
+	                            memory_order_acquire);
+}
+
+/* --- replay ------------------------------------------------------------------------ */
+
+struct spent_entry {
+	char id[SL_ULOG_STR_MAX + 1]; /* "": free */
+	struct sl_credit_spent s;
+};
+
+struct replay {
+	struct spent_entry *t;
+	size_t cap, num;
+	uint32_t day, month;
+	int err;
+};
+
+static uint64_t id_hash(const char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603u; /* FNV-1a */
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)p[i]) * 1099511628211u;
+	return h;
+}
+
+static struct spent_entry *replay_slot(struct replay *rp, const char *id, size_t n)
+{
+	if (rp->num * 2 >= rp->cap) {
+		size_t cap = rp->cap ? rp->cap * 2 : 1024;
+		struct spent_entry *t = calloc(cap, sizeof *t);
+		if (!t)
+			return NULL;
+		for (size_t i = 0; i < rp->cap; i++) {
+			if (!rp->t[i].id[0])
+				continue;
+			size_t j = id_hash(rp->t[i].id, strlen(rp->t[i].id)) & (cap - 1);
+			while (t[j].id[0])
+				j = (j + 1) & (cap - 1);
+			t[j] = rp->t[i];
+		}
+		free(rp->t);
+		rp->t = t;
+		rp->cap = cap;
+	}
+	size_t j = id_hash(id, n) & (rp->cap - 1);
+	while (rp->t[j].id[0]) {
+		if (strlen(rp->t[j].id) == n && memcmp(rp->t[j].id, id, n) == 0)
+			return &rp->t[j];
+		j = (j + 1) & (rp->cap - 1);
+	}
+	memcpy(rp->t[j].id, id, n);
+	rp->t[j].id[n] = '\0';
+	rp->num++;
+	return &rp->t[j];
+}
+
+static int replay_visit(void *arg, uint64_t seq, const struct sl_usage_record *rec)
+{
+	(void)seq;
+	struct replay *rp = arg;
+	if (rec->key_id.len == 0 || rec->cost_micro_usd == 0)
+		return 0;
+	struct spent_entry *e = replay_slot(rp, rec->key_id.p, rec->key_id.len);
+	if (!e) {
+		rp->err = -ENOMEM;
+		return 1;
+	}
+	e->s.total += rec->cost_micro_usd;
+	/* a record's time is its start; it was settled at its end, in the
+	 * same period but for requests that straddle midnight */
+	if (sl_credit_day_id(rec->time_unix_ms + rec->total_ms) == rp->day)
+		e->s.day += rec->cost_micro_usd;
+	if (sl_credit_month_id(rec->time_unix_ms + rec->total_ms) == rp->month)
+		e->s.month += rec->cost_micro_usd;
+	return 0;
+}
+
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit, void *arg)
+{
+	struct sl_ulog_segment *segs;
+	size_t n;
+	int rc = sl_ulog_list(dir, &segs, &n);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc != 0)
+		return rc;
+	struct replay rp = { .day = sl_credit_day_id(now_unix_ms),
+		             .month = sl_credit_month_id(now_unix_ms) };
+	int64_t records = 0;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct sl_ulog_scan sc;
+		rc = sl_ulog_scan_file(segs[i].path, UINT64_MAX, &sc, replay_visit, &rp);
+		if (rc > 0)
+			rc = rp.err;
+		records += (int64_t)sc.records;
+	}
+	sl_ulog_list_free(segs, n);
+	if (rc == 0)
+		for (size_t i = 0; i < rp.cap; i++)
+			if (rp.t[i].id[0])
+				visit(arg, rp.t[i].id, &rp.t[i].s);
+	free(rp.t);
+	return rc != 0 ? rc : records;
+}
