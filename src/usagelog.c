@@ -239,6 +239,7 @@ int sl_ulog_scan_file(const char *path, uint64_t expected_seq, struct sl_ulog_sc
 	out->core = get_u32(h + 8);
 	out->good_bytes = SL_ULOG_HEADER_LEN;
 	uint64_t want = expected_seq;
+	bool check = expected_seq != UINT64_MAX; /* after the first frame, always */
 	static _Thread_local uint8_t frame[SL_ULOG_FRAME_HEAD + SL_ULOG_PAYLOAD_MAX];
 	const uint8_t *payload = frame + SL_ULOG_FRAME_HEAD;
 	for (;;) {
@@ -269,7 +270,7 @@ int sl_ulog_scan_file(const char *path, uint64_t expected_seq, struct sl_ulog_sc
 			out->damage = SL_ULOG_BAD_RECORD;
 			break;
 		}
-		if (want != UINT64_MAX && seq != want) {
+		if (check && seq != want) {
 			out->damage = SL_ULOG_SEQ_GAP;
 			break;
 		}
@@ -279,6 +280,7 @@ int sl_ulog_scan_file(const char *path, uint64_t expected_seq, struct sl_ulog_sc
 		out->records++;
 		out->good_bytes += SL_ULOG_FRAME_HEAD + len;
 		want = seq + 1;
+		check = true;
 		if (visit) {
 			rc = visit(arg, seq, &rec);
 			if (rc != 0)
@@ -382,6 +384,23 @@ static int fsync_dir(const char *dir)
 	return rc;
 }
 
+/* set_aside renames a file that is not a segment (a bad header) out of the
+ * writers' way, keeping it for the operator. */
+static void set_aside(const char *dir, const char *path, FILE *report, const char *why)
+{
+	char aside[PATH_MAX];
+	if ((size_t)snprintf(aside, sizeof aside, "%s.bad", path) >= sizeof aside ||
+	    rename(path, aside) != 0) {
+		if (report)
+			fprintf(report, "usage log: %s: %s; cannot set it aside: %s\n", path, why,
+			        strerror(errno));
+		return;
+	}
+	fsync_dir(dir);
+	if (report)
+		fprintf(report, "usage log: %s: %s; set aside as %s\n", path, why, aside);
+}
+
 int sl_ulog_recover(const char *dir, uint64_t *next_seq, uint32_t num_cores, FILE *report)
 {
 	for (uint32_t i = 0; i < num_cores; i++)
@@ -393,28 +412,40 @@ int sl_ulog_recover(const char *dir, uint64_t *next_seq, uint32_t num_cores, FIL
 	int rc = sl_ulog_list(dir, &segs, &n);
 	if (rc != 0)
 		return rc;
-	uint64_t want = UINT64_MAX;
+	uint64_t next = 0; /* the seq the current core continues from */
 	for (size_t i = 0; i < n; i++) {
 		const struct sl_ulog_segment *s = &segs[i];
 		bool first_of_core = i == 0 || segs[i - 1].core != s->core;
 		bool last_of_core = i + 1 == n || segs[i + 1].core != s->core;
 		if (first_of_core)
-			want = UINT64_MAX;
+			next = 0;
+		/* each segment is checked against its own name, so damage in
+		 * one never condemns the next; a gap between them is reported */
 		struct sl_ulog_scan sc;
-		rc = sl_ulog_scan_file(s->path, want, &sc, NULL, NULL);
+		rc = sl_ulog_scan_file(s->path, s->first_seq, &sc, NULL, NULL);
 		if (rc != 0)
 			break;
-		if (sc.damage == SL_ULOG_BAD_HEADER && sc.file_bytes < SL_ULOG_HEADER_LEN &&
-		    last_of_core) {
-			/* created but its header never made it: nothing in it */
-			if (report)
-				fprintf(report, "usage log: %s: empty segment (%llu bytes) removed\n",
-				        s->path, (unsigned long long)sc.file_bytes);
-			unlink(s->path);
-			fsync_dir(dir);
-			continue;
+		if (sc.damage == SL_ULOG_OK && sc.core != s->core)
+			sc.damage = SL_ULOG_BAD_HEADER; /* another core's segment, renamed */
+		if (sc.damage == SL_ULOG_BAD_HEADER) {
+			if (sc.file_bytes < SL_ULOG_HEADER_LEN && last_of_core) {
+				/* created, its header never made it: nothing in it */
+				if (report)
+					fprintf(report,
+					        "usage log: %s: empty segment (%llu bytes) removed\n",
+					        s->path, (unsigned long long)sc.file_bytes);
+				unlink(s->path);
+				fsync_dir(dir);
+			} else {
+				set_aside(dir, s->path, report, "not a segment of this core");
+			}
+			goto next_seg;
 		}
-		if (sc.damage != SL_ULOG_OK && last_of_core && sc.damage != SL_ULOG_BAD_HEADER) {
+		if (!first_of_core && s->first_seq != next && report)
+			fprintf(report, "usage log: %s: starts at seq %llu, the core's previous segment "
+			                "ends before %llu (records missing or repeated)\n",
+			        s->path, (unsigned long long)s->first_seq, (unsigned long long)next);
+		if (sc.damage != SL_ULOG_OK && last_of_core) {
 			if (report)
 				fprintf(report,
 				        "usage log: %s: %s at byte %llu: cut %llu bytes, %llu "
@@ -437,14 +468,16 @@ int sl_ulog_recover(const char *dir, uint64_t *next_seq, uint32_t num_cores, FIL
 			        "is, see `sluice usage verify`)\n",
 			        s->path, damage_name(sc.damage), (unsigned long long)sc.good_bytes);
 		}
-		if (sc.records == 0 && last_of_core && sc.damage != SL_ULOG_BAD_HEADER) {
-			/* a segment opened and never written (or cut to nothing):
-			 * the next writer of this core opens the same name */
+		if (sc.records) {
+			next = sc.last_seq + 1;
+		} else if (last_of_core) {
+			/* opened and never written (or cut to nothing): the next
+			 * writer of this core opens this very name */
 			unlink(s->path);
 			fsync_dir(dir);
+			next = SL_MAX(next, s->first_seq);
 		}
-		uint64_t next = sc.records ? sc.last_seq + 1 : (want == UINT64_MAX ? s->first_seq : want);
-		want = next;
+	next_seg:
 		if (last_of_core && s->core < num_cores)
 			next_seq[s->core] = next;
 		else if (last_of_core && report)
@@ -484,6 +517,7 @@ struct sl_ulog {
 	bool write_in_flight;
 	bool fsync_in_flight;
 	bool fsync_wanted;  /* a write completed while an fsync was in flight */
+	bool seg_broken;    /* a write failed: rotate before writing again */
 	uint64_t oldest_ms; /* the first record waiting in fill; 0: none */
 	struct sl_ulog_stats stats;
 };
@@ -529,7 +563,7 @@ static int segment_open(struct sl_ulog *l, uint64_t first_seq, uint64_t now_ms)
 	int rc = write_all(fd, h, sizeof h, 0);
 	if (rc == 0)
 		rc = fsync_dir(l->dir);
-	if (rc == 0 && l->fd >= 0 && fdatasync(l->fd) != 0)
+	if (rc == 0 && l->fd >= 0 && !l->seg_broken && fdatasync(l->fd) != 0)
 		rc = -errno;
 	if (rc != 0) {
 		close(fd);
@@ -628,14 +662,14 @@ int sl_ulog_append(struct sl_ulog *l, const struct sl_usage_record *rec, uint64_
 
 bool sl_ulog_flush_due(const struct sl_ulog *l, uint64_t now_ms)
 {
-	if (l->write_in_flight || l->fill.len == 0)
+	if (l->write_in_flight || l->fill.len == 0 || (l->seg_broken && l->fsync_in_flight))
 		return false;
 	return now_ms >= l->oldest_ms + l->cfg.flush_ms || l->fill.len >= l->cfg.buffer_bytes / 2;
 }
 
 uint64_t sl_ulog_next_deadline(const struct sl_ulog *l)
 {
-	if (l->fill.len == 0 || l->write_in_flight)
+	if (l->fill.len == 0 || l->write_in_flight || (l->seg_broken && l->fsync_in_flight))
 		return UINT64_MAX;
 	return l->oldest_ms + l->cfg.flush_ms;
 }
@@ -671,15 +705,21 @@ static void queue_fsync(struct sl_ulog *l, struct io_uring *ring, uint64_t ud)
 int sl_ulog_flush_start(struct sl_ulog *l, struct io_uring *ring, uint64_t ud_write,
                         uint64_t now_ms)
 {
-	if (l->write_in_flight || l->fill.len == 0)
+	if (l->write_in_flight || l->fill.len == 0 || (l->seg_broken && l->fsync_in_flight))
 		return 0;
-	if ((l->seg_bytes >= l->cfg.segment_bytes_max ||
+	if ((l->seg_broken || l->seg_bytes >= l->cfg.segment_bytes_max ||
 	     now_ms >= l->seg_opened_ms + (uint64_t)l->cfg.segment_age_max_s * 1000) &&
 	    !l->fsync_in_flight) {
 		/* rotate: the new segment is named after the first record
 		 * waiting in fill; the old one is synced and closed (a blocking
 		 * open + fdatasync, once per segment) */
 		int rc = segment_open(l, get_u64(l->fill.p + 8), now_ms);
+		if (rc == 0)
+			l->seg_broken = false;
+		if (rc != 0 && l->seg_broken) {
+			l->stats.errors++;
+			return rc; /* records stay in fill until a segment can be opened */
+		}
 		if (rc != 0) {
 			l->stats.errors++; /* records stay; the old segment goes on */
 			fprintf(stderr, "sluice: usage log: cannot rotate: %s\n", strerror(-rc));
@@ -705,12 +745,16 @@ int sl_ulog_on_write(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t
 	SL_ASSERT(l->write_in_flight);
 	int rc = 0;
 	if (res < 0 && res != -EINTR && res != -EAGAIN) {
-		/* once more, synchronously; if that fails too the bytes are
-		 * lost and the segment has a hole the next start reports */
+		/* once more, synchronously; if that fails too the batch is
+		 * lost (the caller says so loudly) and nothing more goes into
+		 * this segment, which would now have a hole: the next flush
+		 * starts a new one, and `verify` reports the missing seqs */
 		rc = write_all(l->fd, l->flight.p + l->flight_done, l->flight.len - l->flight_done,
 		               l->flight_off + l->flight_done);
-		if (rc != 0)
+		if (rc != 0) {
 			l->stats.errors++;
+			l->seg_broken = true;
+		}
 		l->flight_done = l->flight.len;
 	} else if (res > 0) {
 		l->flight_done += (size_t)res;
