@@ -9,13 +9,17 @@
  * otherwise, 2 for a usage error.
  */
 #include "sluice/config.h"
+#include "sluice/credit.h"
 #include "sluice/keys.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/mem.h>
@@ -80,7 +84,54 @@ static void json_models(const char *models)
 	putchar(']');
 }
 
-static void print_key_json(const struct sl_key *k, const char *secret_key)
+/* Micro-dollars as dollars, negative ones included (a balance can be
+ * overdrawn by the bound docs/billing.md gives). */
+static void format_usd_signed(int64_t micro, char *out, size_t len)
+{
+	char usd[32];
+	sl_keys_format_usd(micro < 0 ? -micro : micro, usd, sizeof usd);
+	snprintf(out, len, "%s%s", micro < 0 ? "-" : "", usd);
+}
+
+/* What each key spent per the usage log (the balance less this is what a
+ * prepaid key may still use; docs/billing.md): one replay per command. */
+struct spent_ctx {
+	const struct sl_keystore *ks;
+	int64_t *spent; /* parallel to ks->keys */
+};
+
+static void spent_visit(void *arg, const char *key_id, const struct sl_credit_spent *s)
+{
+	struct spent_ctx *x = arg;
+	const struct sl_key *k = sl_keys_find(x->ks, key_id);
+	if (k)
+		x->spent[k - x->ks->keys] = s->total;
+}
+
+static int64_t *spent_load(const struct sl_keystore *ks, const char *data_dir)
+{
+	int64_t *spent = calloc(ks->num_keys ? ks->num_keys : 1, sizeof *spent);
+	char dir[PATH_MAX];
+	if (!spent || (size_t)snprintf(dir, sizeof dir, "%s/usage", data_dir) >= sizeof dir) {
+		free(spent);
+		return NULL;
+	}
+	struct spent_ctx x = { ks, spent };
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (sl_credit_replay(dir, (uint64_t)now.tv_sec * 1000, spent_visit, &x) < 0) {
+		free(spent);
+		return NULL;
+	}
+	return spent;
+}
+
+static int64_t spent_of(const struct sl_keystore *ks, const int64_t *spent, const struct sl_key *k)
+{
+	return spent && k >= ks->keys && k < ks->keys + ks->num_keys ? spent[k - ks->keys] : 0;
+}
+
+static void print_key_json(const struct sl_key *k, const char *secret_key, int64_t spent)
 {
 	char usd[32];
 	sl_keys_format_usd(k->balance_micro_usd, usd, sizeof(usd));
@@ -99,18 +150,25 @@ static void print_key_json(const struct sl_key *k, const char *secret_key)
 		json_str(k->parent);
 	else
 		printf("null");
-	printf(",\"created\":%" PRId64 ",\"last_used\":%" PRId64 "}", k->created_unix_s, k->last_used_unix_s);
+	char avail[40];
+	format_usd_signed(k->balance_micro_usd - spent, avail, sizeof avail);
+	printf(",\"created\":%" PRId64 ",\"last_used\":%" PRId64 ",\"spent_micro_usd\":%" PRId64
+	       ",\"available_usd\":\"%s\",\"available_micro_usd\":%" PRId64 "}",
+	       k->created_unix_s, k->last_used_unix_s, spent, avail, k->balance_micro_usd - spent);
 }
 
-static void print_key_text(const struct sl_key *k)
+static void print_key_text(const struct sl_key *k, int64_t spent)
 {
-	char usd[32];
+	char usd[32], spent_usd[40], avail[40];
 	sl_keys_format_usd(k->balance_micro_usd, usd, sizeof(usd));
-	printf("id:        %s\nname:      %s\ntier:      %s\nstatus:    %s\nbalance:   $%s\n"
+	format_usd_signed(spent, spent_usd, sizeof spent_usd);
+	format_usd_signed(k->balance_micro_usd - spent, avail, sizeof avail);
+	printf("id:        %s\nname:      %s\ntier:      %s\nstatus:    %s\nbalance:   $%s (top-ups)\n"
+	       "spent:     $%s (usage log)\navailable: $%s\n"
 	       "models:    %s\nparent:    %s\ncreated:   %" PRId64 "\nlast_used: %" PRId64 "\n",
 	       k->id, k->name, k->tier, k->status == SL_KEY_ACTIVE ? "active" : "revoked", usd,
-	       k->models[0] ? k->models : "(all)", k->parent[0] ? k->parent : "-", k->created_unix_s,
-	       k->last_used_unix_s);
+	       spent_usd, avail, k->models[0] ? k->models : "(all)", k->parent[0] ? k->parent : "-",
+	       k->created_unix_s, k->last_used_unix_s);
 }
 
 static const char *errno_text(int rc)
@@ -334,7 +392,7 @@ int sl_keys_main(int argc, char **argv)
 		rc = sl_keys_create(&ks, o.name, o.tier, o.models, o.parent, key, &rec);
 		if (rc == 0) {
 			if (o.json) {
-				print_key_json(&rec, key);
+				print_key_json(&rec, key, 0);
 				putchar('\n');
 			} else {
 				printf("%s\n", key);
@@ -349,13 +407,14 @@ int sl_keys_main(int argc, char **argv)
 		OPENSSL_cleanse(import_key, sizeof(import_key));
 		if (rc == 0) {
 			if (o.json) {
-				print_key_json(&rec, NULL);
+				print_key_json(&rec, NULL, 0);
 				putchar('\n');
 			} else {
 				printf("%s\n", rec.id);
 			}
 		}
 	} else if (strcmp(sub, "list") == 0) {
+		int64_t *spent = spent_load(&ks, o.data_dir);
 		if (o.json)
 			putchar('[');
 		for (uint32_t i = 0; i < ks.num_keys; i++) {
@@ -363,7 +422,7 @@ int sl_keys_main(int argc, char **argv)
 			if (o.json) {
 				if (i)
 					putchar(',');
-				print_key_json(r, NULL);
+				print_key_json(r, NULL, spent_of(&ks, spent, r));
 			} else {
 				char usd[32];
 				sl_keys_format_usd(r->balance_micro_usd, usd, sizeof(usd));
@@ -373,6 +432,7 @@ int sl_keys_main(int argc, char **argv)
 		}
 		if (o.json)
 			puts("]");
+		free(spent);
 	} else {
 		const char *id = args[0];
 		if (strcmp(sub, "update") == 0)
@@ -384,12 +444,14 @@ int sl_keys_main(int argc, char **argv)
 		if (rc == 0 && !(k = sl_keys_find(&ks, id)))
 			rc = -ENOENT;
 		if (rc == 0) {
+			int64_t *spent = spent_load(&ks, o.data_dir);
 			if (o.json) {
-				print_key_json(k, NULL);
+				print_key_json(k, NULL, spent_of(&ks, spent, k));
 				putchar('\n');
 			} else {
-				print_key_text(k);
+				print_key_text(k, spent_of(&ks, spent, k));
 			}
+			free(spent);
 		}
 	}
 	if (rc < 0) {

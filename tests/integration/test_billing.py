@@ -53,7 +53,8 @@ class Gateway:
         expect(not problems, f"gateway stop: {problems}")
 
     def topup(self, usd):
-        keys_cli(self.cfg_path, "topup", self.key_id, usd)
+        r = keys_cli(self.cfg_path, "topup", self.key_id, usd)
+        expect(r.returncode == 0, f"keys topup: {r.returncode} {r.stderr}")
 
     def chat(self, headers=None, **kw):
         with Conn(self.server.addr) as c:
@@ -107,6 +108,9 @@ def prepaid_balance_refused_at_zero_and_derived_across_restart(e):
         g.stop()
         spent = costs(g.data_dir)
         expect(0 < spent <= 200, f"{admitted} requests cost {spent} micro-dollars of a 200 balance")
+        shown = json.loads(keys_cli(g.cfg_path, "show", g.key_id, "--json").stdout)
+        expect((shown["balance_micro_usd"], shown["spent_micro_usd"], shown["available_micro_usd"])
+               == (200, spent, 200 - spent), f"keys show: {shown}, log spent {spent}")
 
         # derived: the restarted gateway knows what is left, to the micro-dollar
         g.start()
