@@ -1457,7 +1457,7 @@ static int parse_rate(struct loader *ld, json_t *root)
 
 static int parse_usage_log(struct loader *ld, json_t *root)
 {
-	static const char *const keys[] = { "enabled", "flush_ms", "buffer_bytes",
+	static const char *const keys[] = { "enabled", "mode", "flush_ms", "buffer_bytes",
 		                            "segment_bytes_max", "segment_age_max_s", NULL };
 	struct sl_usage_log_config *u = &ld->config->usage_log;
 	json_t *o;
@@ -1474,6 +1474,15 @@ static int parse_usage_log(struct loader *ld, json_t *root)
 			return fail(ld, "expected true or false");
 		}
 		u->enabled = json_is_true(en);
+	}
+	json_t *mode = json_object_get(o, "mode");
+	if (mode) {
+		const char *m = json_is_string(mode) ? json_string_value(mode) : "";
+		if (strcmp(m, "strict") != 0 && strcmp(m, "batched") != 0) {
+			path_push_key(ld, "mode");
+			return fail(ld, "expected \"batched\" or \"strict\"");
+		}
+		u->strict = m[0] == 's';
 	}
 	if ((rc = read_u32(ld, o, "flush_ms", 1, 10000, &u->flush_ms)) ||
 	    (rc = read_u64(ld, o, "buffer_bytes", 16384, (uint64_t)1 << 30, &u->buffer_bytes)) ||

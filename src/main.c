@@ -130,7 +130,8 @@ static int open_usage_logs(const struct sl_config *cfg, struct sl_gate *gate,
 			                     .buffer_bytes = cfg->usage_log.buffer_bytes,
 			                     .flush_ms = cfg->usage_log.flush_ms,
 			                     .segment_bytes_max = cfg->usage_log.segment_bytes_max,
-			                     .segment_age_max_s = cfg->usage_log.segment_age_max_s };
+			                     .segment_age_max_s = cfg->usage_log.segment_age_max_s,
+			                     .strict = cfg->usage_log.strict };
 		rc = sl_ulog_open(&reactors[i].ulog, &uc);
 		if (rc)
 			fprintf(stderr, "sluice: usage log: %s: %s\n", dir, strerror(-rc));

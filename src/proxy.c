@@ -491,6 +491,8 @@ static void client_next_request(struct sl_reactor *r, struct sl_conn *c)
 	sl_arena_release(&c->cx.arena);
 	sl_buf_release(&c->cx.pending);
 	memset(&c->cx, 0, sizeof c->cx);
+	c->flush_deferred = false;
+	c->durable_wait = 0;
 	c->close_after_flush = false;
 	c->state = SL_CLIENT_IDLE;
 	/* pipelined bytes that did not fit while the last request ran */
@@ -685,9 +687,14 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		rec.key_id = (struct sl_ustr){ c->cx.key.id, (uint8_t)strlen(c->cx.key.id) };
 	rec.model = (struct sl_ustr){ model->id, (uint8_t)SL_MIN(strlen(model->id), 255u) };
 	int rc = sl_ulog_append(r->ulog, &rec, r->now_ms);
-	if (rc)
+	if (rc) {
 		fprintf(stderr, "sluice: reactor %u: USAGE RECORD LOST for request %s: %s\n", r->index,
 		        c->cx.request_id, strerror(-rc));
+		if (c->flush_deferred && !client_gone)
+			sl_conn_close(r, c); /* strict: no response completes unrecorded */
+	} else if (c->flush_deferred) {
+		c->durable_wait = sl_ulog_last_seq(r->ulog) + 1;
+	}
 }
 
 /* The exchange of c ended (answered locally, by an error, or relayed). */
@@ -1693,6 +1700,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		/* from here on the exchange leaves a usage record */
 		c->cx.routed = true;
 		c->cx.request_bytes = body_len;
+		/* strict: the response's last bytes wait for the record */
+		c->flush_deferred = cfg->usage_log.strict;
 		c->cx.scan_usage = true;
 		sl_usage_scanner_init(&c->cx.usage_scan);
 		memset(&c->cx.usage, 0, sizeof c->cx.usage);

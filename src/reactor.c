@@ -197,12 +197,26 @@ static void starved_unlink(struct sl_reactor *r, struct sl_conn *c)
 	c->starved_next = NULL;
 }
 
+static void deferred_unlink(struct sl_reactor *r, struct sl_conn *c)
+{
+	for (struct sl_conn **p = &r->deferred; *p; p = &(*p)->deferred_next) {
+		if (*p == c) {
+			*p = c->deferred_next;
+			break;
+		}
+	}
+	c->flush_pending = false;
+	c->deferred_next = NULL;
+}
+
 static void conn_maybe_free(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->kind == SL_CONN_FREE || !c->closing || c->inflight != 0)
 		return;
 	if (c->recv_starved)
 		starved_unlink(r, c);
+	if (c->flush_pending)
+		deferred_unlink(r, c);
 	sl_proxy_on_release(r, c);
 	for (unsigned i = 0; i < c->stash_num; i++)
 		sl_buf_return(r, c->stash[i].bid);
@@ -328,10 +342,60 @@ bool sl_conn_send_push(struct sl_conn *c, const struct sl_send_entry *e)
 	return true;
 }
 
+static void send_flush_now(struct sl_reactor *r, struct sl_conn *c);
+
 void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->send_busy || c->sq.num == 0 || c->closing)
 		return;
+	if (c->flush_deferred) {
+		if (!c->flush_pending) {
+			c->flush_pending = true;
+			c->deferred_next = r->deferred;
+			r->deferred = c;
+		}
+		return;
+	}
+	send_flush_now(r, c);
+}
+
+/* release_deferred (end of a loop turn, and when the usage log's durable
+ * seq moved): sends what waited, except for exchanges whose record is not
+ * durable yet. */
+static void release_deferred(struct sl_reactor *r)
+{
+	uint64_t durable = r->ulog ? sl_ulog_durable_seq(r->ulog) : UINT64_MAX;
+	for (struct sl_conn **p = &r->deferred; *p;) {
+		struct sl_conn *c = *p;
+		if (!c->closing && c->durable_wait && durable < c->durable_wait) {
+			p = &c->deferred_next;
+			continue;
+		}
+		*p = c->deferred_next;
+		c->flush_pending = false;
+		c->deferred_next = NULL;
+		if (!c->closing && !c->send_busy && c->sq.num)
+			send_flush_now(r, c);
+	}
+}
+
+/* A write or fsync of the usage log failed for good: the records some
+ * responses wait for may be lost, so those clients never see them end. */
+static void drop_durable_waiters(struct sl_reactor *r)
+{
+	for (;;) { /* from the head each time: a close may unlink its conn */
+		struct sl_conn *c = r->deferred;
+		while (c && !(c->durable_wait && !c->closing))
+			c = c->deferred_next;
+		if (!c)
+			break;
+		c->durable_wait = 0;
+		sl_conn_close(r, c);
+	}
+}
+
+static void send_flush_now(struct sl_reactor *r, struct sl_conn *c)
+{
 	unsigned n = SL_MIN((unsigned)c->sq.num, (unsigned)SL_SEND_IOV_MAX);
 	for (unsigned i = 0; i < n; i++) {
 		struct sl_send_entry *e = &c->sq.entries[(c->sq.head + i) & (SL_SENDQ_CAP - 1)];
@@ -511,16 +575,20 @@ static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	case SL_OP_ULOG_WRITE: {
 		int rc = sl_ulog_on_write(r->ulog, &r->ring, cqe->res, sl_ud(SL_OP_ULOG_WRITE, 0, 0),
 		                          sl_ud(SL_OP_ULOG_FSYNC, 0, 0));
-		if (rc)
+		if (rc) {
 			fprintf(stderr, "sluice: reactor %u: usage log write: %s\n", r->index,
 			        strerror(-rc));
+			drop_durable_waiters(r);
+		}
 		break;
 	}
 	case SL_OP_ULOG_FSYNC: {
 		int rc = sl_ulog_on_fsync(r->ulog, &r->ring, cqe->res, sl_ud(SL_OP_ULOG_FSYNC, 0, 0));
-		if (rc)
+		if (rc) {
 			fprintf(stderr, "sluice: reactor %u: usage log fdatasync: %s\n", r->index,
 			        strerror(-rc));
+			drop_durable_waiters(r);
+		}
 		break;
 	}
 	case SL_OP_CANCEL:
@@ -777,6 +845,8 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 		r->stats.loop_turns++;
 		r->stats.cqes += seen;
 		expire_timers(r);
+		if (r->deferred)
+			release_deferred(r);
 		buf_flush_returns(r);
 		restart_starved(r);
 	}

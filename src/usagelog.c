@@ -518,6 +518,12 @@ struct sl_ulog {
 	bool fsync_in_flight;
 	bool fsync_wanted;  /* a write completed while an fsync was in flight */
 	bool seg_broken;    /* a write failed: rotate before writing again */
+	/* durability, by seq: every record below durable_seq is on disk */
+	uint64_t flight_end;      /* next_seq when the flight was taken */
+	uint64_t sync_written;    /* next_seq after the last synchronous write */
+	uint64_t written_seq;     /* records below it are written (page cache) */
+	uint64_t fsync_covers;    /* written_seq when the fsync in flight was queued */
+	uint64_t durable_seq;
 	uint64_t oldest_ms; /* the first record waiting in fill; 0: none */
 	struct sl_ulog_stats stats;
 };
@@ -597,6 +603,8 @@ int sl_ulog_open(struct sl_ulog **out, const struct sl_ulog_config *cfg)
 		l->cfg.segment_age_max_s = 3600;
 	l->fd = -1;
 	l->next_seq = cfg->next_seq;
+	l->flight_end = l->sync_written = l->written_seq = l->fsync_covers = l->durable_seq =
+	    cfg->next_seq;
 	l->dir = strdup(cfg->dir);
 	l->fill.p = malloc(l->cfg.buffer_bytes);
 	l->flight.p = malloc(l->cfg.buffer_bytes);
@@ -635,6 +643,9 @@ static int fill_sync(struct sl_ulog *l)
 	l->fill.len = 0;
 	l->oldest_ms = 0;
 	l->stats.sync_writes++;
+	l->sync_written = l->next_seq;
+	if (!l->write_in_flight) /* nothing below is still on its way: all synced */
+		l->written_seq = l->durable_seq = l->next_seq;
 	return 0;
 }
 
@@ -664,6 +675,8 @@ bool sl_ulog_flush_due(const struct sl_ulog *l, uint64_t now_ms)
 {
 	if (l->write_in_flight || l->fill.len == 0 || (l->seg_broken && l->fsync_in_flight))
 		return false;
+	if (l->cfg.strict)
+		return true; /* responses wait: write now, batching what came meanwhile */
 	return now_ms >= l->oldest_ms + l->cfg.flush_ms || l->fill.len >= l->cfg.buffer_bytes / 2;
 }
 
@@ -671,6 +684,8 @@ uint64_t sl_ulog_next_deadline(const struct sl_ulog *l)
 {
 	if (l->fill.len == 0 || l->write_in_flight || (l->seg_broken && l->fsync_in_flight))
 		return UINT64_MAX;
+	if (l->cfg.strict)
+		return 0;
 	return l->oldest_ms + l->cfg.flush_ms;
 }
 
@@ -698,6 +713,7 @@ static void queue_fsync(struct sl_ulog *l, struct io_uring *ring, uint64_t ud)
 	struct io_uring_sqe *sqe = get_sqe(ring);
 	io_uring_prep_fsync(sqe, l->fd, IORING_FSYNC_DATASYNC);
 	io_uring_sqe_set_data64(sqe, ud);
+	l->fsync_covers = l->written_seq;
 	l->fsync_in_flight = true;
 	l->fsync_wanted = false;
 }
@@ -732,6 +748,7 @@ int sl_ulog_flush_start(struct sl_ulog *l, struct io_uring *ring, uint64_t ud_wr
 	l->fill.len = 0;
 	l->oldest_ms = 0;
 	l->flight_done = 0;
+	l->flight_end = l->next_seq;
 	l->flight_off = l->seg_bytes;
 	l->seg_bytes += l->flight.len;
 	l->write_in_flight = true;
@@ -766,6 +783,9 @@ int sl_ulog_on_write(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t
 	l->write_in_flight = false;
 	l->flight.len = 0;
 	l->stats.flushes++;
+	/* (after a failed write too: the caller is told, and drops whatever
+	 * waited for those records, rather than the log stalling) */
+	l->written_seq = SL_MAX(l->flight_end, l->sync_written);
 	if (l->fsync_in_flight)
 		l->fsync_wanted = true;
 	else
@@ -783,9 +803,20 @@ int sl_ulog_on_fsync(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t
 		if (rc != 0)
 			l->stats.errors++;
 	}
+	l->durable_seq = SL_MAX(l->durable_seq, l->fsync_covers); /* an error: as above */
 	if (l->fsync_wanted)
 		queue_fsync(l, ring, ud_fsync);
 	return rc;
+}
+
+uint64_t sl_ulog_last_seq(const struct sl_ulog *l)
+{
+	return l->next_seq - 1;
+}
+
+uint64_t sl_ulog_durable_seq(const struct sl_ulog *l)
+{
+	return l->durable_seq;
 }
 
 bool sl_ulog_idle(const struct sl_ulog *l)

@@ -171,6 +171,8 @@ struct sl_rate_config {
 /* "usage_log": the append-only usage log (usagelog.h, docs/usage-log.md) */
 struct sl_usage_log_config {
 	bool enabled;               /* true */
+	bool strict;                /* "mode": "strict" (a response ends once its record is
+	                               durable) or "batched" (default) */
 	uint32_t flush_ms;          /* group-commit period (5) */
 	uint64_t buffer_bytes;      /* per reactor, each of two buffers (1 MiB) */
 	uint64_t segment_bytes_max; /* rotate past this size (64 MiB) */

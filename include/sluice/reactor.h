@@ -142,6 +142,13 @@ struct sl_conn {
 	struct sl_timer timer;
 	struct sl_conn *peer;          /* client <-> upstream of the exchange */
 	struct sl_conn *starved_next;  /* reactor's starved list */
+	/* strict usage log (usagelog.h): the client's sends wait for the end
+	 * of the loop turn (flush_deferred), and once its exchange has ended,
+	 * until the usage log is durable past durable_wait */
+	bool flush_deferred;
+	bool flush_pending;           /* on the reactor's deferred list */
+	uint64_t durable_wait;        /* 0: none; else the log's durable seq needed */
+	struct sl_conn *deferred_next;
 	struct sl_conn *pool_next;     /* upstream: provider idle pool (LIFO) */
 
 	/* Received bytes that must be contiguous (client request; a response head
@@ -317,6 +324,7 @@ struct sl_reactor {
 
 	struct sl_bufpool mem;
 	struct sl_conn *starved;
+	struct sl_conn *deferred; /* flush_pending connections */
 
 	uint64_t now_ms;
 	uint32_t wait_cap_ms; /* SLUICE_WAIT_CAP_MS: bound each wait (valgrind) */

@@ -151,6 +151,10 @@ struct sl_ulog_config {
 	uint32_t flush_ms;          /* group-commit period; default 5 */
 	uint64_t segment_bytes_max; /* rotate past this size; default 64 MiB */
 	uint32_t segment_age_max_s; /* rotate past this age; default 3600 */
+	/* strict: a flush starts as soon as a record waits (no flush_ms),
+	 * for callers that hold responses until sl_ulog_durable_seq passes
+	 * their record */
+	bool strict;
 };
 
 struct sl_ulog;
@@ -188,6 +192,14 @@ int sl_ulog_flush_start(struct sl_ulog *l, struct io_uring *ring, uint64_t ud_wr
 int sl_ulog_on_write(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t ud_write,
                      uint64_t ud_fsync);
 int sl_ulog_on_fsync(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t ud_fsync);
+
+/* sl_ulog_last_seq: the seq of the record appended last. */
+uint64_t sl_ulog_last_seq(const struct sl_ulog *l);
+
+/* sl_ulog_durable_seq: every record with a seq below it is on disk (written
+ * and fdatasync'ed). It moves on when an fsync completes (or a synchronous
+ * write did both). */
+uint64_t sl_ulog_durable_seq(const struct sl_ulog *l);
 
 /* sl_ulog_idle: nothing buffered and nothing in flight. */
 bool sl_ulog_idle(const struct sl_ulog *l);
