@@ -103,7 +103,7 @@ static void pool_make(void)
 			.input_tokens = 200 + rnd() % 4000,
 			.output_tokens = 50 + rnd() % 1500,
 			.cache_read_tokens = rnd() % 2 ? rnd() % 2000 : 0,
-			.cost_micro_usd = (int64_t)(rnd() % 20000),
+			.cost_pico_usd = (int64_t)(rnd() % 20000),
 			.ip_family = i % 2 ? 6 : 4,
 		};
 		for (int k = 0; k < 16; k++)

@@ -59,6 +59,18 @@ uint32_t sl_crc32c(const void *data, size_t len)
 	return c ^ 0xFFFFFFFFu;
 }
 
+void sl_format_pico_usd(int64_t pico, char *out, size_t len)
+{
+	uint64_t m = pico < 0 ? -(uint64_t)pico : (uint64_t)pico;
+	char frac[13];
+	snprintf(frac, sizeof frac, "%012llu", (unsigned long long)(m % 1000000000000u));
+	size_t n = 12;
+	while (n > 6 && frac[n - 1] == '0')
+		frac[--n] = '\0';
+	snprintf(out, len, "%s%llu.%s", pico < 0 ? "-" : "", (unsigned long long)(m / 1000000000000u),
+	         frac);
+}
+
 static void put2(char *p, unsigned v)
 {
 	p[0] = (char)('0' + v / 10);

@@ -1509,11 +1509,13 @@ static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 	    (rc = read_u64(ld, obj, "tokens_per_minute", 0, LIMIT_MAX, &t->tokens_per_minute)) ||
 	    (rc = read_u64(ld, obj, "concurrent", 0, LIMIT_MAX, &t->concurrent)) ||
 	    (rc = read_u64(ld, obj, "requests_per_day", 0, LIMIT_MAX, &t->requests_per_day)) ||
-	    (rc = read_price_field(ld, obj, "budget_usd_per_day", 1, &t->budget_day_micro_usd,
+	    (rc = read_price_field(ld, obj, "budget_usd_per_day", 1, &t->budget_day_pico_usd,
 	                           &unused)) ||
-	    (rc = read_price_field(ld, obj, "budget_usd_per_month", 1, &t->budget_month_micro_usd,
+	    (rc = read_price_field(ld, obj, "budget_usd_per_month", 1, &t->budget_month_pico_usd,
 	                           &unused)))
 		return rc;
+	t->budget_day_pico_usd *= SL_PICO_PER_MICRO; /* kept in pico-dollars */
+	t->budget_month_pico_usd *= SL_PICO_PER_MICRO;
 	json_t *prepaid = json_object_get(obj, "prepaid");
 	if (prepaid) {
 		if (!json_is_boolean(prepaid)) {
@@ -1646,7 +1648,7 @@ static int load_tree(struct loader *ld, json_t *root)
 		return fail_oom(ld);
 	for (uint32_t i = 0; i < c->num_tiers && !c->usage_log.enabled; i++) {
 		const struct sl_tier_config *t = &c->tiers[i];
-		if (t->prepaid || t->budget_day_micro_usd || t->budget_month_micro_usd) {
+		if (t->prepaid || t->budget_day_pico_usd || t->budget_month_pico_usd) {
 			path_push_key(ld, "tiers");
 			path_push_key(ld, t->name);
 			return fail(ld, "balances and budgets are settled from the usage log: "

@@ -3,6 +3,7 @@
  */
 #include "sluice/credit.h"
 
+#include "sluice/config.h"
 #include "sluice/usagelog.h"
 
 #include <errno.h>
@@ -123,6 +124,21 @@ void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t 
 	atomic_fetch_add_explicit(&s->month_spent, cost, memory_order_acq_rel);
 }
 
+int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
+                       uint64_t cache_read, uint64_t cache_write)
+{
+	if (!price->set)
+		return 0;
+	const uint64_t tokens[4] = { input, output, cache_read, cache_write };
+	const int64_t per[4] = { price->input, price->output, price->cached_input,
+		                 price->cache_write };
+	unsigned __int128 sum = 0;
+	for (int i = 0; i < 4; i++)
+		if (per[i] > 0)
+			sum += (unsigned __int128)tokens[i] * (uint64_t)per[i];
+	return sum > INT64_MAX ? INT64_MAX : (int64_t)sum;
+}
+
 int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot)
 {
 	SL_ASSERT(slot < c->slots);
@@ -187,20 +203,20 @@ static int replay_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 {
 	(void)seq;
 	struct replay *rp = arg;
-	if (rec->key_id.len == 0 || rec->cost_micro_usd == 0)
+	if (rec->key_id.len == 0 || rec->cost_pico_usd == 0)
 		return 0;
 	struct spent_entry *e = replay_slot(rp, rec->key_id.p, rec->key_id.len);
 	if (!e) {
 		rp->err = -ENOMEM;
 		return 1;
 	}
-	e->s.total += rec->cost_micro_usd;
+	e->s.total += rec->cost_pico_usd;
 	/* a record's time is its start; it was settled at its end, in the
 	 * same period but for requests that straddle midnight */
 	if (sl_credit_day_id(rec->time_unix_ms + rec->total_ms) == rp->day)
-		e->s.day += rec->cost_micro_usd;
+		e->s.day += rec->cost_pico_usd;
 	if (sl_credit_month_id(rec->time_unix_ms + rec->total_ms) == rp->month)
-		e->s.month += rec->cost_micro_usd;
+		e->s.month += rec->cost_pico_usd;
 	return 0;
 }
 

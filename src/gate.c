@@ -349,7 +349,7 @@ int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t
 	for (uint32_t i = 0; i < n; i++) {
 		const struct sl_keytab_entry *e = sl_keytab_at(s->keys, i);
 		if (e->slot < g->credit->slots)
-			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd, NULL,
+			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd * SL_PICO_PER_MICRO, NULL,
 			                      sl_gate_unix_ms(g, clock_ms(CLOCK_MONOTONIC)));
 	}
 	for (uint32_t i = 0; i < n; i++)
@@ -372,7 +372,8 @@ static void credit_load_visit(void *arg, const char *key_id, const struct sl_cre
 	const struct sl_keytab_entry *e = s->keys ? sl_keytab_by_id(s->keys, key_id) : NULL;
 	if (!e || e->slot >= cl->g->credit->slots)
 		return; /* a key no longer in the store */
-	sl_credit_set_balance(cl->g->credit, e->slot, e->balance_micro_usd, spent, cl->now);
+	sl_credit_set_balance(cl->g->credit, e->slot, e->balance_micro_usd * SL_PICO_PER_MICRO, spent,
+	                      cl->now);
 	cl->seen[e->slot / 8] |= (uint8_t)(1u << (e->slot % 8));
 }
 
@@ -395,7 +396,8 @@ int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, siz
 	for (uint32_t i = 0; i < n; i++) {
 		const struct sl_keytab_entry *e = sl_keytab_at(s->keys, i);
 		if (e->slot < g->credit->slots && !(cl.seen[e->slot / 8] & (1u << (e->slot % 8))))
-			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd, &none, cl.now);
+			sl_credit_set_balance(g->credit, e->slot, e->balance_micro_usd * SL_PICO_PER_MICRO,
+			                      &none, cl.now);
 	}
 	free(cl.seen);
 	snprintf(msg, msg_len, "balances: %lld usage records replayed", (long long)records);

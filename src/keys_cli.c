@@ -84,17 +84,9 @@ static void json_models(const char *models)
 	putchar(']');
 }
 
-/* Micro-dollars as dollars, negative ones included (a balance can be
- * overdrawn by the bound docs/billing.md gives). */
-static void format_usd_signed(int64_t micro, char *out, size_t len)
-{
-	char usd[32];
-	sl_keys_format_usd(micro < 0 ? -micro : micro, usd, sizeof usd);
-	snprintf(out, len, "%s%s", micro < 0 ? "-" : "", usd);
-}
-
-/* What each key spent per the usage log (the balance less this is what a
- * prepaid key may still use; docs/billing.md): one replay per command. */
+/* What each key spent per the usage log, in pico-dollars (the balance less
+ * this is what a prepaid key may still use; docs/billing.md): one replay per
+ * command. */
 struct spent_ctx {
 	const struct sl_keystore *ks;
 	int64_t *spent; /* parallel to ks->keys */
@@ -150,19 +142,22 @@ static void print_key_json(const struct sl_key *k, const char *secret_key, int64
 		json_str(k->parent);
 	else
 		printf("null");
-	char avail[40];
-	format_usd_signed(k->balance_micro_usd - spent, avail, sizeof avail);
-	printf(",\"created\":%" PRId64 ",\"last_used\":%" PRId64 ",\"spent_micro_usd\":%" PRId64
-	       ",\"available_usd\":\"%s\",\"available_micro_usd\":%" PRId64 "}",
-	       k->created_unix_s, k->last_used_unix_s, spent, avail, k->balance_micro_usd - spent);
+	int64_t available = k->balance_micro_usd * SL_PICO_PER_MICRO - spent;
+	char spent_usd[32], avail[32];
+	sl_format_pico_usd(spent, spent_usd, sizeof spent_usd);
+	sl_format_pico_usd(available, avail, sizeof avail);
+	printf(",\"created\":%" PRId64 ",\"last_used\":%" PRId64 ",\"spent_usd\":\"%s\""
+	       ",\"spent_pico_usd\":%" PRId64 ",\"available_usd\":\"%s\",\"available_pico_usd\":%" PRId64
+	       "}",
+	       k->created_unix_s, k->last_used_unix_s, spent_usd, spent, avail, available);
 }
 
 static void print_key_text(const struct sl_key *k, int64_t spent)
 {
-	char usd[32], spent_usd[40], avail[40];
+	char usd[32], spent_usd[32], avail[32];
 	sl_keys_format_usd(k->balance_micro_usd, usd, sizeof(usd));
-	format_usd_signed(spent, spent_usd, sizeof spent_usd);
-	format_usd_signed(k->balance_micro_usd - spent, avail, sizeof avail);
+	sl_format_pico_usd(spent, spent_usd, sizeof spent_usd);
+	sl_format_pico_usd(k->balance_micro_usd * SL_PICO_PER_MICRO - spent, avail, sizeof avail);
 	printf("id:        %s\nname:      %s\ntier:      %s\nstatus:    %s\nbalance:   $%s (top-ups)\n"
 	       "spent:     $%s (usage log)\navailable: $%s\n"
 	       "models:    %s\nparent:    %s\ncreated:   %" PRId64 "\nlast_used: %" PRId64 "\n",

@@ -582,16 +582,6 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
 static const struct sockaddr *client_peer(struct sl_conn *c);
 static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *data, size_t len);
 
-/* Rounded to the nearest micro-dollar: tokens x (micro-dollars per 1M). */
-static int64_t price_tokens(uint64_t tokens, int64_t per_million)
-{
-	if (per_million <= 0 || tokens == 0)
-		return 0;
-	unsigned __int128 x = (unsigned __int128)tokens * (uint64_t)per_million + 500000;
-	x /= 1000000;
-	return x > INT64_MAX ? INT64_MAX : (int64_t)x;
-}
-
 /* Appends the exchange's usage record, once, if its model was known: every
  * way an exchange ends comes through here (client_exchange_done, or the
  * client's release mid-exchange). */
@@ -659,16 +649,10 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		}
 		rec.output_tokens = SL_MAX(rec.output_tokens, out);
 	}
-	const struct sl_model_price *pr = &model->price;
-	if (pr->set) {
-		int64_t cost = price_tokens(rec.input_tokens, pr->input);
-		cost += price_tokens(rec.output_tokens, pr->output);
-		cost += price_tokens(rec.cache_read_tokens, pr->cached_input);
-		cost += price_tokens(rec.cache_write_tokens, pr->cache_write);
-		rec.cost_micro_usd = cost;
-	}
+	rec.cost_pico_usd = sl_credit_cost(&model->price, rec.input_tokens, rec.output_tokens,
+	                                   rec.cache_read_tokens, rec.cache_write_tokens);
 	if (c->cx.credit_held) {
-		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, rec.cost_micro_usd,
+		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, rec.cost_pico_usd,
 		                 sl_gate_unix_ms(r->gate, r->now_ms));
 		c->cx.credit_held = false;
 	}
@@ -914,13 +898,7 @@ static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const c
  * prepaid key's balance must cover. */
 static int64_t exchange_hold(const struct sl_model_config *model, uint64_t input, uint64_t output)
 {
-	const struct sl_model_price *pr = &model->price;
-	if (!pr->set)
-		return 0;
-	unsigned __int128 x = (unsigned __int128)input * (uint64_t)SL_MAX(pr->input, 0) +
-	                      (unsigned __int128)output * (uint64_t)SL_MAX(pr->output, 0);
-	x = (x + 999999) / 1000000; /* rounded up: a hold never falls short by rounding */
-	return x > INT64_MAX ? INT64_MAX : (int64_t)x;
+	return sl_credit_cost(&model->price, input, output, 0, 0);
 }
 
 /* Holds the request's worst cost on a prepaid key's balance and checks its
@@ -932,21 +910,22 @@ static bool exchange_credit(struct sl_reactor *r, struct sl_conn *c,
 	const struct sl_tier_config *t = &r->config->tiers[c->cx.key.tier];
 	int64_t hold = t->prepaid ? exchange_hold(model, input, output) : 0;
 	enum sl_credit_refusal k =
-	    sl_credit_hold(g->credit, c->cx.key.slot, hold, t->prepaid, t->budget_day_micro_usd,
-	                   t->budget_month_micro_usd, sl_gate_unix_ms(g, r->now_ms));
+	    sl_credit_hold(g->credit, c->cx.key.slot, hold, t->prepaid, t->budget_day_pico_usd,
+	                   t->budget_month_pico_usd, sl_gate_unix_ms(g, r->now_ms));
 	if (k == SL_CREDIT_OK) {
 		c->cx.credit_hold = hold;
 		c->cx.credit_held = true;
 		return true;
 	}
-	char msg[192];
+	char msg[192], up_to[32], avail[32];
+	sl_format_pico_usd(hold, up_to, sizeof up_to);
+	sl_format_pico_usd(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0), avail,
+	                   sizeof avail);
 	if (k == SL_CREDIT_BALANCE)
 		snprintf(msg, sizeof msg,
-		         "This API key's balance does not cover this request (up to $%lld.%06lld; "
-		         "available $%lld.%06lld): add credits",
-		         (long long)(hold / 1000000), (long long)(hold % 1000000),
-		         (long long)(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0) / 1000000),
-		         (long long)(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0) % 1000000));
+		         "This API key's balance does not cover this request (up to $%s; available $%s): "
+		         "add credits",
+		         up_to, avail);
 	else
 		snprintf(msg, sizeof msg, "This API key has reached its %s spending budget",
 		         k == SL_CREDIT_BUDGET_DAY ? "daily" : "monthly");
@@ -989,8 +968,8 @@ static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
 	if (!keyed && !model->limits.set)
 		return true;
 	const struct sl_tier_config *tier = keyed ? &cfg->tiers[c->cx.key.tier] : NULL;
-	bool credit = keyed && (tier->prepaid || tier->budget_day_micro_usd ||
-	                        tier->budget_month_micro_usd);
+	bool credit = keyed && (tier->prepaid || tier->budget_day_pico_usd ||
+	                        tier->budget_month_pico_usd);
 	uint64_t output = 0;
 	uint64_t estimate = tokens || credit ? estimate_tokens(r, c, body, body_len, model, &output) : 0;
 	if (credit && !exchange_credit(r, c, model, estimate - output, output))

@@ -261,13 +261,6 @@ static void format_time_ms(uint64_t unix_ms, char *out, size_t out_len)
 	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(unix_ms % 1000));
 }
 
-/* "-1.500000" for -1500000: dollars with six decimals, any sign. */
-static void format_usd(int64_t micro_usd, char *out, size_t out_len)
-{
-	uint64_t m = micro_usd < 0 ? -(uint64_t)micro_usd : (uint64_t)micro_usd;
-	snprintf(out, out_len, "%s%" PRIu64 ".%06" PRIu64, micro_usd < 0 ? "-" : "", m / 1000000,
-	         m % 1000000);
-}
 
 /* --- walking the log -------------------------------------------------------- */
 
@@ -504,7 +497,7 @@ struct export_ctx {
 
 static const char csv_header[] =
 	"time,request_id,key_id,client_ip,route,model,provider,upstream_model,status,"
-	"input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_micro_usd,"
+	"input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,"
 	"ttfb_ms,total_ms,stream,usage,attempts,refused\n";
 
 /* The route's name from the router; a value this build does not know (a
@@ -548,9 +541,11 @@ static int export_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 			put_string(f, more[i]->p, more[i]->len, ESC_CSV);
 			putc(',', f);
 		}
-		fprintf(f, "%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%" PRIu32
+		char cost[32];
+		sl_format_pico_usd(rec->cost_pico_usd, cost, sizeof cost);
+		fprintf(f, "%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%s,%" PRIu32
 		        ",%" PRIu32 ",%s,%s,%u,%s\n", rec->status, rec->input_tokens, rec->output_tokens,
-		        rec->cache_read_tokens, rec->cache_write_tokens, rec->cost_micro_usd, rec->ttfb_ms,
+		        rec->cache_read_tokens, rec->cache_write_tokens, cost, rec->ttfb_ms,
 		        rec->total_ms, stream, how, rec->attempts, refused);
 	} else {
 		static const char *const string_keys[] = { "request_id", "key_id" };
@@ -569,13 +564,16 @@ static int export_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 			fprintf(f, ",\"%s\":", more_keys[i]);
 			put_string(f, more[i]->p, more[i]->len, ESC_JSON);
 		}
+		char cost[32];
+		sl_format_pico_usd(rec->cost_pico_usd, cost, sizeof cost);
 		fprintf(f, ",\"status\":%u,\"input_tokens\":%" PRIu64 ",\"output_tokens\":%" PRIu64
 		        ",\"cache_read_tokens\":%" PRIu64 ",\"cache_write_tokens\":%" PRIu64
-		        ",\"cost_micro_usd\":%" PRId64 ",\"ttfb_ms\":%" PRIu32 ",\"total_ms\":%" PRIu32
+		        ",\"cost_usd\":\"%s\",\"cost_pico_usd\":%" PRId64
+		        ",\"ttfb_ms\":%" PRIu32 ",\"total_ms\":%" PRIu32
 		        ",\"stream\":%s,\"usage\":\"%s\",\"attempts\":%u,\"refused\":%s}\n",
 		        rec->status, rec->input_tokens, rec->output_tokens, rec->cache_read_tokens,
-		        rec->cache_write_tokens, rec->cost_micro_usd, rec->ttfb_ms, rec->total_ms, stream,
-		        how, rec->attempts, refused);
+		        rec->cache_write_tokens, cost, rec->cost_pico_usd, rec->ttfb_ms, rec->total_ms,
+		        stream, how, rec->attempts, refused);
 	}
 	return ferror(f) ? WALK_STOP : 0;
 }
@@ -587,7 +585,7 @@ struct group {
 	size_t name_len;
 	uint64_t requests;
 	uint64_t input_tokens, output_tokens, cache_read_tokens, cache_write_tokens;
-	int64_t cost_micro_usd;
+	int64_t cost_pico_usd;
 };
 
 /* The groups, kept sorted by name (bytewise) so that a lookup is a binary
@@ -650,7 +648,7 @@ static void group_add(struct group *g, const struct sl_usage_record *rec)
 	g->output_tokens += rec->output_tokens;
 	g->cache_read_tokens += rec->cache_read_tokens;
 	g->cache_write_tokens += rec->cache_write_tokens;
-	g->cost_micro_usd += rec->cost_micro_usd;
+	g->cost_pico_usd += rec->cost_pico_usd;
 }
 
 static int totals_visit(void *arg, uint64_t seq, const struct sl_usage_record *rec)
@@ -698,17 +696,15 @@ static void group_cells(const struct group *g, bool usd, char cells[TOTALS_NUM_C
 	snprintf(cells[2], 32, "%" PRIu64, g->output_tokens);
 	snprintf(cells[3], 32, "%" PRIu64, g->cache_read_tokens);
 	snprintf(cells[4], 32, "%" PRIu64, g->cache_write_tokens);
-	if (usd)
-		format_usd(g->cost_micro_usd, cells[5], 32);
-	else
-		snprintf(cells[5], 32, "%" PRId64, g->cost_micro_usd);
+	(void)usd; /* dollars, exact, in both formats */
+	sl_format_pico_usd(g->cost_pico_usd, cells[5], 32);
 }
 
 static void totals_print_csv(const struct totals *t, const char *group_title)
 {
 	char cells[TOTALS_NUM_CELLS][32];
 	printf("%s,requests,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,"
-	       "cost_micro_usd\n", group_title);
+	       "cost_usd\n", group_title);
 	for (size_t i = 0; i <= t->num_groups; i++) {
 		const struct group *g = i < t->num_groups ? &t->groups[i] : &t->total;
 		if (i < t->num_groups)

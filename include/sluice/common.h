@@ -72,6 +72,16 @@ uint32_t sl_crc32c(const void *data, size_t len);
  * precision, rounded up so a reset is never early) into out[21]. */
 void sl_format_rfc3339(uint64_t unix_ms, char out[21]);
 
+/* Money. Prices are integer micro-dollars per 1M tokens, so a token count
+ * times a price is an exact number of pico-dollars (1e-12 $): costs,
+ * balances and budgets are kept in pico-dollars, with no rounding anywhere.
+ * int64 holds +-9.2M dollars. */
+#define SL_PICO_PER_MICRO INT64_C(1000000)
+
+/* sl_format_pico_usd writes dollars, exactly: "0.000003", "1.500000000025",
+ * "-2.000000" (6 to 12 decimals). out: 32 bytes are enough. */
+void sl_format_pico_usd(int64_t pico, char *out, size_t len);
+
 /* sl_civil_from_days: the proleptic Gregorian date of a count of days since
  * 1970-01-01. */
 void sl_civil_from_days(uint64_t days, unsigned *year, unsigned *month, unsigned *day);

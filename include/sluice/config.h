@@ -143,10 +143,10 @@ struct sl_tier_config {
 	/* billing (credit.h, docs/billing.md): "prepaid": a request needs the
 	 * key's balance to cover its hold (else 402 insufficient_balance);
 	 * budgets in micro-dollars per UTC day / month, 0: none (else 402
-	 * budget_exceeded) */
+	 * budget_exceeded); read as dollars, kept in pico-dollars (common.h) */
 	bool prepaid;
-	int64_t budget_day_micro_usd;
-	int64_t budget_month_micro_usd;
+	int64_t budget_day_pico_usd;
+	int64_t budget_month_pico_usd;
 };
 
 /* "auth": client authentication and failed-auth IP blocking. */

@@ -3,7 +3,7 @@
  * against at admission and settled with the real cost, and its spending
  * budgets per day and per month. docs/billing.md has the rules and bounds.
  *
- * All amounts are integer micro-dollars. State is derived, never stored on
+ * All amounts are integer pico-dollars (common.h): costs are exact. State is derived, never stored on
  * its own: at start the balance of a key is its journal balance (the sum of
  * its top-ups, keys.h) minus the cost of all its records in the usage log,
  * which sl_credit_replay computes; while running, settlements keep it.
@@ -83,6 +83,14 @@ enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_
  * prepaid) and cost `cost`; exactly once per admitted request. */
 void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t cost,
                       uint64_t now_unix_ms);
+
+/* sl_credit_cost: what tokens cost at a model's prices, in pico-dollars,
+ * exactly (a price is micro-dollars per 1M tokens, i.e. pico-dollars per
+ * token): no rounding, so costs add up with no drift. Saturates at
+ * INT64_MAX. Unset or negative prices count 0. */
+struct sl_model_price;
+int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
+                       uint64_t cache_read, uint64_t cache_write);
 
 /* sl_credit_available: what the key may still spend now (the balance less
  * outstanding holds). */

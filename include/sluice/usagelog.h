@@ -72,7 +72,7 @@ struct sl_usage_record {
 	uint64_t output_tokens;
 	uint64_t cache_read_tokens;
 	uint64_t cache_write_tokens;
-	int64_t cost_micro_usd;
+	int64_t cost_pico_usd; /* exact: tokens x micro-dollars per 1M (common.h) */
 	uint8_t ip_family; /* 0: unknown, 4 or 6 */
 	uint8_t ip[16];    /* 4 bytes for IPv4 */
 	struct sl_ustr request_id, key_id, model, provider, upstream_model;

@@ -24,6 +24,7 @@ from usagelog_reader import read_log  # noqa: E402
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 XKEY = {"x-api-key": CLIENT_KEY, "anthropic-version": ANTHROPIC_VERSION}
 PREPAID = "prepaid"
+PICO = 1_000_000  # pico-dollars per micro-dollar
 
 
 class Gateway:
@@ -107,10 +108,11 @@ def prepaid_balance_refused_at_zero_and_derived_across_restart(e):
                f"after {admitted} requests: {r.status} {r.body[:200]}")
         g.stop()
         spent = costs(g.data_dir)
-        expect(0 < spent <= 200, f"{admitted} requests cost {spent} micro-dollars of a 200 balance")
+        expect(0 < spent <= 200 * PICO, f"{admitted} requests cost {spent} pico-dollars of a "
+                                        f"200 micro-dollar balance")
         shown = json.loads(keys_cli(g.cfg_path, "show", g.key_id, "--json").stdout)
-        expect((shown["balance_micro_usd"], shown["spent_micro_usd"], shown["available_micro_usd"])
-               == (200, spent, 200 - spent), f"keys show: {shown}, log spent {spent}")
+        expect((shown["balance_micro_usd"], shown["spent_pico_usd"], shown["available_pico_usd"])
+               == (200, spent, 200 * PICO - spent), f"keys show: {shown}, log spent {spent}")
 
         # derived: the restarted gateway knows what is left, to the micro-dollar
         g.start()
@@ -127,7 +129,7 @@ def prepaid_balance_refused_at_zero_and_derived_across_restart(e):
             expect(more < 1000, "the top-up never ran out")
         g.stop()
         spent2 = costs(g.data_dir)
-        expect(spent < spent2 <= 300, f"after the top-up: spent {spent2} of 300")
+        expect(spent < spent2 <= 300 * PICO, f"after the top-up: spent {spent2} of 300 micro-dollars")
     finally:
         g.cleanup()
 
@@ -163,10 +165,11 @@ def parallel_requests_never_overdraw(e):
         g.stop()
         spent = costs(g.data_dir)
         expect(ok[0] > 0 and refused[0] > 0, f"{ok[0]} admitted, {refused[0]} refused")
-        expect(spent <= 500, f"overdrawn: {ok[0]} requests cost {spent} of a 500 balance")
+        expect(spent <= 500 * PICO, f"overdrawn: {ok[0]} requests cost {spent} of a 500 micro-dollar "
+                                    f"balance")
         # and most of the balance was usable: holds are released at the end
         per = spent / ok[0]
-        expect(spent >= 500 - 3 * per * 16, f"only {spent} of 500 spent ({ok[0]} requests)")
+        expect(spent >= 500 * PICO - 3 * per * 16, f"only {spent} of 500e6 spent ({ok[0]} requests)")
     finally:
         g.cleanup()
 
@@ -187,7 +190,7 @@ def daily_budget_refuses_once_spent(e):
                f"after {n} requests: {r.status} {r.body[:200]}")
         g.stop()
         spent = costs(g.data_dir)
-        expect(spent >= 100, f"refused at {spent} micro-dollars spent, budget 100")
+        expect(spent >= 100 * PICO, f"refused at {spent} pico-dollars spent, budget 100 micro-dollars")
         # the budget holds across a restart (derived from the log)
         g.start()
         r = g.chat()

@@ -70,11 +70,10 @@ class Gateway:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def micro(tokens, per_million_usd):
-    """Cost in micro-dollars of tokens at a price in dollars per 1M, rounded
-    half up as the gateway does."""
-    per_m_micro = round(per_million_usd * 1_000_000)
-    return (tokens * per_m_micro + 500_000) // 1_000_000
+def pico(tokens, per_million_usd):
+    """Cost in pico-dollars of tokens at a price in dollars per 1M: exact
+    (micro-dollars per 1M tokens = pico-dollars per token)."""
+    return tokens * round(per_million_usd * 1_000_000)
 
 
 env("usage", gateway=False)
@@ -170,7 +169,7 @@ def records_for_every_way_a_request_ends(e):
         expect((r["input"], r["output"], r["cache_read"]) ==
                (u["prompt_tokens"] - cached, u["completion_tokens"], cached),
                f"chat tokens {r} vs usage {u}")
-        want = micro(r["input"], 0.15) + micro(r["output"], 0.60) + micro(cached, 0.075)
+        want = pico(r["input"], 0.15) + pico(r["output"], 0.60) + pico(cached, 0.075)
         expect(r["cost"] == want, f"chat cost {r['cost']}, expected {want}")
         expect(r["flags"] == 0 and r["attempts"] == 1, f"chat flags/attempts: {r}")
         expect(r["ip_family"] == 4 and r["ip"][:4] == bytes([127, 0, 0, 1]), f"chat client ip: {r['ip']}")
@@ -182,8 +181,8 @@ def records_for_every_way_a_request_ends(e):
         u = ids["messages"][1]
         expect((r["input"], r["output"], r["cache_read"], r["cache_write"]) ==
                (u["input_tokens"], u["output_tokens"], 7, 3), f"messages tokens {r} vs {u}")
-        want = (micro(r["input"], 3.00) + micro(r["output"], 15.00) + micro(7, 0.30) +
-                micro(3, 3.75))
+        want = (pico(r["input"], 3.00) + pico(r["output"], 15.00) + pico(7, 0.30) +
+                pico(3, 3.75))
         expect(r["cost"] == want, f"messages cost {r['cost']}, expected {want}")
 
         r = recs[ids["messages_stream"][0]]
@@ -227,7 +226,7 @@ def records_for_every_way_a_request_ends(e):
         for row in rows:
             mine = recs[row["request_id"]]
             expect((row["input_tokens"], row["output_tokens"], row["cache_read_tokens"],
-                    row["cache_write_tokens"], row["cost_micro_usd"], row["status"],
+                    row["cache_write_tokens"], row["cost_pico_usd"], row["status"],
                     row["usage"] == "estimated", row["refused"]) ==
                    (mine["input"], mine["output"], mine["cache_read"], mine["cache_write"],
                     mine["cost"], mine["status"], bool(mine["flags"] & FLAG_ESTIMATED),
@@ -237,7 +236,7 @@ def records_for_every_way_a_request_ends(e):
         trows = list(csv.DictReader(io.StringIO(t.stdout)))
         total = [row for row in trows if row[next(iter(row))] == "TOTAL"]
         expect(len(total) == 1 and int(total[0]["requests"]) == 9 and
-               int(total[0]["cost_micro_usd"]) == sum(r["cost"] for r in recs.values()) and
+               round(float(total[0]["cost_usd"]) * 1e12) == sum(r["cost"] for r in recs.values()) and
                int(total[0]["output_tokens"]) == sum(r["output"] for r in recs.values()),
                f"totals TOTAL {total} vs the records")
         # a flipped byte in a record: verify says so and exits 1

@@ -1,0 +1,244 @@
+/*
+ * test_credit.c - prices, holds and settlements, budgets, and the replay of
+ * the usage log that balances are derived from (credit.h).
+ */
+#include "sluice/config.h"
+#include "sluice/credit.h"
+#include "sluice/usagelog.h"
+#include "test.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char dir_template[] = "/tmp/sluice-test-credit-XXXXXX";
+
+#define PICO SL_PICO_PER_MICRO
+#define DAY_MS UINT64_C(86400000)
+/* 2026-11-22T12:00:00Z */
+#define NOON UINT64_C(1795348800000)
+
+static struct sl_model_price price(int64_t in, int64_t out, int64_t cread, int64_t cwrite)
+{
+	struct sl_model_price p = { .input = in, .output = out, .cached_input = cread,
+		                    .cache_write = cwrite, .set = true };
+	return p;
+}
+
+/* A million requests: the costs add up to the prices times the token totals,
+ * to the pico-dollar. Rounding each request to any coarser unit would drift
+ * (here by up to half a unit per request). */
+TEST(cost_exact_no_drift_over_a_million_requests)
+{
+	struct sl_model_price p = price(150000, 600000, 75000, 3750000); /* $0.15 .. $3.75 / 1M */
+	uint64_t x = 88172645463325252u, tin = 0, tout = 0, tr = 0, tw = 0;
+	int64_t sum = 0;
+	for (int i = 0; i < 1000000; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		uint64_t in = x % 5000, out = (x >> 16) % 700, r = (x >> 32) % 50, w = (x >> 48) % 9;
+		sum += sl_credit_cost(&p, in, out, r, w);
+		tin += in, tout += out, tr += r, tw += w;
+	}
+	int64_t want = (int64_t)(tin * 150000 + tout * 600000 + tr * 75000 + tw * 3750000);
+	CHECK_EQ_INT(sum, want);
+	/* 7 tokens at $0.15/1M is 1.05 micro-dollars: exactly 1050000 pico */
+	CHECK_EQ_INT(sl_credit_cost(&p, 7, 0, 0, 0), 1050000);
+	struct sl_model_price unset = { 0 };
+	CHECK_EQ_INT(sl_credit_cost(&unset, 1000, 1000, 0, 0), 0);
+	CHECK_EQ_INT(sl_credit_cost(&p, UINT64_MAX, UINT64_MAX, 0, 0), INT64_MAX);
+}
+
+TEST(format_pico_usd)
+{
+	char b[32];
+	sl_format_pico_usd(1050000, b, sizeof b);
+	CHECK_EQ_MEM(b, strlen(b), "0.00000105");
+	sl_format_pico_usd(-2 * PICO * 1000000, b, sizeof b);
+	CHECK_EQ_MEM(b, strlen(b), "-2.000000");
+	sl_format_pico_usd(1500000000025, b, sizeof b);
+	CHECK_EQ_MEM(b, strlen(b), "1.500000000025");
+	sl_format_pico_usd(INT64_MIN + 1, b, sizeof b);
+	CHECK_EQ_MEM(b, strlen(b), "-9223372.036854775807");
+}
+
+TEST(hold_refused_when_short_settle_returns_the_rest)
+{
+	struct sl_credit *c;
+	CHECK_EQ_INT(sl_credit_create(16, &c), 0);
+	struct sl_credit_spent spent = { .total = 30 * PICO };
+	sl_credit_set_balance(c, 3, 100 * PICO, &spent, NOON); /* 70 available */
+	CHECK_EQ_INT(sl_credit_available(c, 3), 70 * PICO);
+	CHECK_EQ_INT(sl_credit_hold(c, 3, 71 * PICO, true, 0, 0, NOON), SL_CREDIT_BALANCE);
+	CHECK_EQ_INT(sl_credit_available(c, 3), 70 * PICO); /* nothing taken on a refusal */
+	CHECK_EQ_INT(sl_credit_hold(c, 3, 50 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
+	CHECK_EQ_INT(sl_credit_available(c, 3), 20 * PICO);
+	sl_credit_settle(c, 3, 50 * PICO, 12 * PICO, NOON);
+	CHECK_EQ_INT(sl_credit_available(c, 3), 58 * PICO);
+	/* a cost beyond the hold overdraws by the difference, no more */
+	CHECK_EQ_INT(sl_credit_hold(c, 3, 58 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
+	sl_credit_settle(c, 3, 58 * PICO, 60 * PICO, NOON);
+	CHECK_EQ_INT(sl_credit_available(c, 3), -2 * PICO);
+	CHECK_EQ_INT(sl_credit_hold(c, 3, 0, true, 0, 0, NOON), SL_CREDIT_BALANCE);
+	/* not prepaid: no balance needed */
+	CHECK_EQ_INT(sl_credit_hold(c, 3, 5 * PICO, false, 0, 0, NOON), SL_CREDIT_OK);
+	/* a top-up (reload: spent NULL) adds only the change of balance */
+	sl_credit_set_balance(c, 3, 110 * PICO, NULL, NOON);
+	CHECK_EQ_INT(sl_credit_available(c, 3), 8 * PICO);
+	sl_credit_set_balance(c, 3, 110 * PICO, NULL, NOON);
+	CHECK_EQ_INT(sl_credit_available(c, 3), 8 * PICO);
+	sl_credit_free(c);
+}
+
+TEST(budgets_per_day_and_month_roll_over)
+{
+	struct sl_credit *c;
+	CHECK_EQ_INT(sl_credit_create(4, &c), 0);
+	struct sl_credit_spent none = { 0 };
+	sl_credit_set_balance(c, 1, 0, &none, NOON);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 10, NOON);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_BUDGET_DAY);
+	/* the next day: the daily budget is back, the month's counts on */
+	uint64_t tomorrow = NOON + DAY_MS;
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, tomorrow), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 9, tomorrow);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, tomorrow + DAY_MS), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 7, tomorrow + DAY_MS);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 100, 25, tomorrow + DAY_MS),
+	             SL_CREDIT_BUDGET_MONTH);
+	/* December: a new month */
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 100, 25, NOON + 10 * DAY_MS), SL_CREDIT_OK);
+	CHECK_EQ_INT(sl_credit_month_id(NOON), 2026 * 12 + 10);
+	CHECK_EQ_INT(sl_credit_month_id(NOON + 10 * DAY_MS), 2026 * 12 + 11);
+	sl_credit_free(c);
+}
+
+/* Threads racing for one key's balance: the holds admitted never exceed it,
+ * and after every settlement the balance is exactly what the costs left. */
+struct race {
+	struct sl_credit *c;
+	int admitted;
+	int64_t cost_sum;
+};
+
+static void *race_thread(void *arg)
+{
+	struct race *rc = arg;
+	for (int i = 0; i < 20000; i++) {
+		if (sl_credit_hold(rc->c, 0, 7, true, 0, 0, NOON) != SL_CREDIT_OK)
+			continue;
+		rc->admitted++;
+		int64_t cost = i % 7; /* at most the hold */
+		rc->cost_sum += cost;
+		sl_credit_settle(rc->c, 0, 7, cost, NOON);
+	}
+	return NULL;
+}
+
+TEST(threads_never_overdraw_and_settle_exactly)
+{
+	struct sl_credit *c;
+	CHECK_EQ_INT(sl_credit_create(1, &c), 0);
+	struct sl_credit_spent none = { 0 };
+	sl_credit_set_balance(c, 0, 100000, &none, NOON);
+	struct race r[4] = { { c, 0, 0 }, { c, 0, 0 }, { c, 0, 0 }, { c, 0, 0 } };
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, race_thread, &r[i]);
+	int64_t spent = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		spent += r[i].cost_sum;
+	}
+	CHECK(spent <= 100000);
+	CHECK_EQ_INT(sl_credit_available(c, 0), 100000 - spent);
+	CHECK(sl_credit_available(c, 0) >= 0);
+	sl_credit_free(c);
+}
+
+/* The replay sums what each key's records cost, all time, this day and this
+ * month. */
+struct seen {
+	char id[32];
+	struct sl_credit_spent s;
+};
+static struct seen seen[8];
+static int num_seen;
+
+static void visit(void *arg, const char *key_id, const struct sl_credit_spent *s)
+{
+	(void)arg;
+	if (num_seen < 8) {
+		snprintf(seen[num_seen].id, sizeof seen[num_seen].id, "%s", key_id);
+		seen[num_seen++].s = *s;
+	}
+}
+
+static const struct sl_credit_spent *seen_of(const char *id)
+{
+	for (int i = 0; i < num_seen; i++)
+		if (strcmp(seen[i].id, id) == 0)
+			return &seen[i].s;
+	return NULL;
+}
+
+TEST(replay_sums_costs_per_key_day_and_month)
+{
+	char dir[256];
+	snprintf(dir, sizeof dir, "%s/usage", dir_template);
+	struct sl_ulog *l;
+	struct sl_ulog_config uc = { .dir = dir, .core = 0, .next_seq = 0 };
+	CHECK_EQ_INT(sl_ulog_open(&l, &uc), 0);
+	struct sl_usage_record rec = { 0 };
+	const struct {
+		const char *key;
+		uint64_t t;
+		int64_t cost;
+	} rows[] = {
+		{ "key_a", NOON, 5 },
+		{ "key_a", NOON - DAY_MS, 7 },       /* yesterday, same month */
+		{ "key_a", NOON - 40 * DAY_MS, 11 }, /* October */
+		{ "key_b", NOON, 13 },
+		{ "", NOON, 17 },                    /* no key: not a balance */
+		{ "key_b", NOON, 0 },
+	};
+	for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+		rec.time_unix_ms = rows[i].t;
+		rec.cost_pico_usd = rows[i].cost;
+		rec.key_id = (struct sl_ustr){ rows[i].key, (uint8_t)strlen(rows[i].key) };
+		CHECK_EQ_INT(sl_ulog_append(l, &rec, 1), 0);
+	}
+	CHECK_EQ_INT(sl_ulog_close(l), 0);
+	num_seen = 0;
+	CHECK_EQ_INT(sl_credit_replay(dir, NOON, visit, NULL), 6);
+	CHECK_EQ_INT(num_seen, 2);
+	const struct sl_credit_spent *a = seen_of("key_a"), *b = seen_of("key_b");
+	CHECK(a && b);
+	if (a && b) {
+		CHECK_EQ_INT(a->total, 23);
+		CHECK_EQ_INT(a->day, 5);
+		CHECK_EQ_INT(a->month, 12);
+		CHECK_EQ_INT(b->total, 13);
+	}
+	/* no log at all: nothing spent */
+	CHECK_EQ_INT(sl_credit_replay("/nonexistent/usage", NOON, visit, NULL), 0);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir_template)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	RUN(cost_exact_no_drift_over_a_million_requests);
+	RUN(format_pico_usd);
+	RUN(hold_refused_when_short_settle_returns_the_rest);
+	RUN(budgets_per_day_and_month_roll_over);
+	RUN(threads_never_overdraw_and_settle_exactly);
+	RUN(replay_sums_costs_per_key_day_and_month);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir_template);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", dir_template);
+	return test_summary();
+}
