@@ -1498,7 +1498,8 @@ static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 {
 	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
 		                            "concurrent", "requests_per_day", "models", "prepaid",
-		                            "budget_usd_per_day", "budget_usd_per_month", NULL };
+		                            "budget_usd_per_day", "budget_usd_per_month",
+		                            "plan_credits_usd", "plan_window_hours", NULL };
 	struct sl_config *c = ld->config;
 	int rc;
 	if (!json_is_object(obj))
@@ -1512,10 +1513,14 @@ static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 	    (rc = read_price_field(ld, obj, "budget_usd_per_day", 1, &t->budget_day_pico_usd,
 	                           &unused)) ||
 	    (rc = read_price_field(ld, obj, "budget_usd_per_month", 1, &t->budget_month_pico_usd,
-	                           &unused)))
+	                           &unused)) ||
+	    (rc = read_price_field(ld, obj, "plan_credits_usd", 1, &t->plan_credits_pico_usd,
+	                           &unused)) ||
+	    (rc = read_u32(ld, obj, "plan_window_hours", 1, 24 * 31, &t->plan_window_hours)))
 		return rc;
 	t->budget_day_pico_usd *= SL_PICO_PER_MICRO; /* kept in pico-dollars */
 	t->budget_month_pico_usd *= SL_PICO_PER_MICRO;
+	t->plan_credits_pico_usd *= SL_PICO_PER_MICRO;
 	json_t *prepaid = json_object_get(obj, "prepaid");
 	if (prepaid) {
 		if (!json_is_boolean(prepaid)) {
@@ -1523,6 +1528,10 @@ static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 			return fail(ld, "expected true or false");
 		}
 		t->prepaid = json_is_true(prepaid);
+	}
+	if (t->plan_credits_pico_usd && !t->prepaid) {
+		path_push_key(ld, "plan_credits_usd");
+		return fail(ld, "plan credits need \"prepaid\": true (the balance pays once they are spent)");
 	}
 	json_t *models = json_object_get(obj, "models");
 	if (!models)
@@ -1566,6 +1575,7 @@ static int parse_tiers(struct loader *ld, json_t *root)
 	json_object_foreach (obj, name, value) {
 		size_t item = path_push_key(ld, name);
 		struct sl_tier_config *t = &c->tiers[c->num_tiers++];
+		t->plan_window_hours = 5;
 		if (name[0] == '\0' || strlen(name) > 31)
 			return fail(ld, "a tier name has 1 to 31 characters");
 		for (const char *p = name; *p; p++)

@@ -86,19 +86,42 @@ void sl_credit_set_balance(struct sl_credit *c, uint32_t slot, int64_t balance,
 	s->balance_seen = balance;
 }
 
+/* plan_take: the hold from the plan credits of window `id`, if they cover
+ * it. */
+static bool plan_take(struct sl_credit_slot *s, int64_t hold, int64_t credits, uint32_t id)
+{
+	int64_t used = period_spent(&s->plan_used, &s->plan_id, id);
+	if (used + hold > credits)
+		return false;
+	int64_t before = atomic_fetch_add_explicit(&s->plan_used, hold, memory_order_acq_rel);
+	if (before + hold > credits) {
+		atomic_fetch_sub_explicit(&s->plan_used, hold, memory_order_acq_rel);
+		return false;
+	}
+	return true;
+}
+
 enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_t hold,
-                                      bool prepaid, int64_t budget_day, int64_t budget_month,
-                                      uint64_t now_unix_ms)
+                                      const struct sl_credit_terms *t, uint64_t now_unix_ms,
+                                      uint32_t *plan_id)
 {
 	SL_ASSERT_HOT(slot < c->slots);
 	struct sl_credit_slot *s = &c->slot[slot];
-	if (budget_day &&
-	    period_spent(&s->day_spent, &s->day_id, sl_credit_day_id(now_unix_ms)) >= budget_day)
+	*plan_id = 0;
+	if (t->budget_day &&
+	    period_spent(&s->day_spent, &s->day_id, sl_credit_day_id(now_unix_ms)) >= t->budget_day)
 		return SL_CREDIT_BUDGET_DAY;
-	if (budget_month && period_spent(&s->month_spent, &s->month_id,
-	                                 sl_credit_month_id(now_unix_ms)) >= budget_month)
+	if (t->budget_month && period_spent(&s->month_spent, &s->month_id,
+	                                    sl_credit_month_id(now_unix_ms)) >= t->budget_month)
 		return SL_CREDIT_BUDGET_MONTH;
-	if (!prepaid)
+	if (t->plan_credits > 0 && t->plan_window_ms) {
+		uint32_t id = (uint32_t)(now_unix_ms / t->plan_window_ms);
+		if (plan_take(s, hold, t->plan_credits, id)) {
+			*plan_id = id + 1;
+			return SL_CREDIT_OK;
+		}
+	}
+	if (!t->prepaid)
 		return SL_CREDIT_OK;
 	/* take the hold, and give it back if that went below zero: two cores
 	 * racing for the last dollars both see the truth of the sum */
@@ -110,18 +133,49 @@ enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_
 	return SL_CREDIT_OK;
 }
 
-void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t cost,
-                      uint64_t now_unix_ms)
+void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, uint32_t plan_id,
+                      int64_t cost, uint64_t now_unix_ms)
 {
 	SL_ASSERT_HOT(slot < c->slots);
 	struct sl_credit_slot *s = &c->slot[slot];
-	atomic_fetch_add_explicit(&s->available, hold - cost, memory_order_acq_rel);
+	if (plan_id) {
+		/* the hold went into window plan_id - 1, the window of the
+		 * request's admission, which pays for it; if that window is over
+		 * its count is gone, and so is the difference (the replay also
+		 * charges a plan record to the window of its admission) */
+		uint32_t held_in = plan_id - 1;
+		if (atomic_load_explicit(&s->plan_id, memory_order_acquire) == held_in)
+			atomic_fetch_add_explicit(&s->plan_used, cost - hold, memory_order_acq_rel);
+	} else {
+		atomic_fetch_add_explicit(&s->available, hold - cost, memory_order_acq_rel);
+	}
 	if (cost == 0)
 		return;
 	period_spent(&s->day_spent, &s->day_id, sl_credit_day_id(now_unix_ms));
 	atomic_fetch_add_explicit(&s->day_spent, cost, memory_order_acq_rel);
 	period_spent(&s->month_spent, &s->month_id, sl_credit_month_id(now_unix_ms));
 	atomic_fetch_add_explicit(&s->month_spent, cost, memory_order_acq_rel);
+}
+
+void sl_credit_plan_add(struct sl_credit *c, uint32_t slot, uint32_t window, int64_t cost)
+{
+	SL_ASSERT(slot < c->slots);
+	struct sl_credit_slot *s = &c->slot[slot];
+	period_spent(&s->plan_used, &s->plan_id, window);
+	if (atomic_load(&s->plan_id) == window)
+		atomic_fetch_add(&s->plan_used, cost);
+}
+
+int64_t sl_credit_plan_left(const struct sl_credit *c, uint32_t slot, int64_t plan_credits,
+                            uint64_t plan_window_ms, uint64_t now_unix_ms)
+{
+	SL_ASSERT(slot < c->slots);
+	const struct sl_credit_slot *s = &c->slot[slot];
+	if (!plan_window_ms || plan_credits <= 0)
+		return 0;
+	if (atomic_load(&s->plan_id) != (uint32_t)(now_unix_ms / plan_window_ms))
+		return plan_credits;
+	return plan_credits - atomic_load(&s->plan_used);
 }
 
 int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
@@ -158,6 +212,8 @@ struct replay {
 	size_t cap, num;
 	uint32_t day, month;
 	int err;
+	sl_credit_plan_fn plan;
+	void *arg;
 };
 
 static uint64_t id_hash(const char *p, size_t n)
@@ -210,17 +266,26 @@ static int replay_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 		rp->err = -ENOMEM;
 		return 1;
 	}
-	e->s.total += rec->cost_pico_usd;
-	/* a record's time is its start; it was settled at its end, in the
-	 * same period but for requests that straddle midnight */
-	if (sl_credit_day_id(rec->time_unix_ms + rec->total_ms) == rp->day)
+	/* a record's time is its start; it was settled at its end */
+	uint64_t settled = rec->time_unix_ms + rec->total_ms;
+	if (rec->flags & SL_UREC_PLAN) {
+		char id[SL_ULOG_STR_MAX + 1];
+		memcpy(id, rec->key_id.p, rec->key_id.len);
+		id[rec->key_id.len] = '\0';
+		if (rp->plan) /* the window of its admission paid (sl_credit_settle) */
+			rp->plan(rp->arg, id, rec->time_unix_ms, rec->cost_pico_usd);
+	} else {
+		e->s.total += rec->cost_pico_usd;
+	}
+	if (sl_credit_day_id(settled) == rp->day)
 		e->s.day += rec->cost_pico_usd;
-	if (sl_credit_month_id(rec->time_unix_ms + rec->total_ms) == rp->month)
+	if (sl_credit_month_id(settled) == rp->month)
 		e->s.month += rec->cost_pico_usd;
 	return 0;
 }
 
-int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit, void *arg)
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit,
+                         sl_credit_plan_fn plan, void *arg)
 {
 	struct sl_ulog_segment *segs;
 	size_t n;
@@ -230,7 +295,9 @@ int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_
 	if (rc != 0)
 		return rc;
 	struct replay rp = { .day = sl_credit_day_id(now_unix_ms),
-		             .month = sl_credit_month_id(now_unix_ms) };
+		             .month = sl_credit_month_id(now_unix_ms),
+		             .plan = plan,
+		             .arg = arg };
 	int64_t records = 0;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct sl_ulog_scan sc;

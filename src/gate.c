@@ -377,13 +377,29 @@ static void credit_load_visit(void *arg, const char *key_id, const struct sl_cre
 	cl->seen[e->slot / 8] |= (uint8_t)(1u << (e->slot % 8));
 }
 
+static void credit_load_plan(void *arg, const char *key_id, uint64_t admitted_unix_ms, int64_t cost)
+{
+	struct credit_load *cl = arg;
+	struct sl_gate_snapshot *s = atomic_load(&cl->g->snap);
+	const struct sl_keytab_entry *e = s->keys ? sl_keytab_by_id(s->keys, key_id) : NULL;
+	if (!e || e->slot >= cl->g->credit->slots || e->slot >= s->num_slots || !s->tier_plus1[e->slot])
+		return;
+	const struct sl_tier_config *t = &cl->g->config->tiers[s->tier_plus1[e->slot] - 1];
+	uint64_t window_ms = (uint64_t)t->plan_window_hours * 3600000;
+	if (!t->plan_credits_pico_usd || !window_ms)
+		return;
+	uint32_t window = (uint32_t)(admitted_unix_ms / window_ms);
+	if (window == (uint32_t)(cl->now / window_ms)) /* only this window's still counts */
+		sl_credit_plan_add(cl->g->credit, e->slot, window, cost);
+}
+
 int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, size_t msg_len)
 {
 	struct credit_load cl = { .g = g, .now = sl_gate_unix_ms(g, clock_ms(CLOCK_MONOTONIC)) };
 	cl.seen = calloc((g->credit->slots + 7) / 8, 1);
 	if (!cl.seen)
 		return -ENOMEM;
-	int64_t records = usage_dir ? sl_credit_replay(usage_dir, cl.now, credit_load_visit, &cl) : 0;
+	int64_t records = usage_dir ? sl_credit_replay(usage_dir, cl.now, credit_load_visit, credit_load_plan, &cl) : 0;
 	if (records < 0) {
 		free(cl.seen);
 		snprintf(msg, msg_len, "cannot replay the usage log: %s", strerror((int)-records));

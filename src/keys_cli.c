@@ -111,7 +111,7 @@ static int64_t *spent_load(const struct sl_keystore *ks, const char *data_dir)
 	struct spent_ctx x = { ks, spent };
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
-	if (sl_credit_replay(dir, (uint64_t)now.tv_sec * 1000, spent_visit, &x) < 0) {
+	if (sl_credit_replay(dir, (uint64_t)now.tv_sec * 1000, spent_visit, NULL, &x) < 0) {
 		free(spent);
 		return NULL;
 	}

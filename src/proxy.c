@@ -652,8 +652,10 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 	rec.cost_pico_usd = sl_credit_cost(&model->price, rec.input_tokens, rec.output_tokens,
 	                                   rec.cache_read_tokens, rec.cache_write_tokens);
 	if (c->cx.credit_held) {
-		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, rec.cost_pico_usd,
-		                 sl_gate_unix_ms(r->gate, r->now_ms));
+		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, c->cx.credit_plan,
+		                 rec.cost_pico_usd, sl_gate_unix_ms(r->gate, r->now_ms));
+		if (c->cx.credit_plan)
+			rec.flags |= SL_UREC_PLAN;
 		c->cx.credit_held = false;
 	}
 	if (c->have_peer || client_peer(c)) {
@@ -909,23 +911,32 @@ static bool exchange_credit(struct sl_reactor *r, struct sl_conn *c,
 	struct sl_gate *g = r->gate;
 	const struct sl_tier_config *t = &r->config->tiers[c->cx.key.tier];
 	int64_t hold = t->prepaid ? exchange_hold(model, input, output) : 0;
+	const struct sl_credit_terms terms = {
+		.prepaid = t->prepaid,
+		.budget_day = t->budget_day_pico_usd,
+		.budget_month = t->budget_month_pico_usd,
+		.plan_credits = t->plan_credits_pico_usd,
+		.plan_window_ms = (uint64_t)t->plan_window_hours * 3600000,
+	};
+	uint64_t now = sl_gate_unix_ms(g, r->now_ms);
 	enum sl_credit_refusal k =
-	    sl_credit_hold(g->credit, c->cx.key.slot, hold, t->prepaid, t->budget_day_pico_usd,
-	                   t->budget_month_pico_usd, sl_gate_unix_ms(g, r->now_ms));
+	    sl_credit_hold(g->credit, c->cx.key.slot, hold, &terms, now, &c->cx.credit_plan);
 	if (k == SL_CREDIT_OK) {
 		c->cx.credit_hold = hold;
 		c->cx.credit_held = true;
 		return true;
 	}
-	char msg[192], up_to[32], avail[32];
+	char msg[256], up_to[32], avail[32], renew[21] = "";
 	sl_format_pico_usd(hold, up_to, sizeof up_to);
 	sl_format_pico_usd(SL_MAX(sl_credit_available(g->credit, c->cx.key.slot), 0), avail,
 	                   sizeof avail);
+	if (terms.plan_credits)
+		sl_format_rfc3339((now / terms.plan_window_ms + 1) * terms.plan_window_ms, renew);
 	if (k == SL_CREDIT_BALANCE)
 		snprintf(msg, sizeof msg,
-		         "This API key's balance does not cover this request (up to $%s; available $%s): "
-		         "add credits",
-		         up_to, avail);
+		         "This API key's balance does not cover this request (up to $%s; available "
+		         "$%s)%s%s: add credits",
+		         up_to, avail, renew[0] ? "; plan credits renew at " : "", renew);
 	else
 		snprintf(msg, sizeof msg, "This API key has reached its %s spending budget",
 		         k == SL_CREDIT_BUDGET_DAY ? "daily" : "monthly");

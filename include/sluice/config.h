@@ -147,6 +147,10 @@ struct sl_tier_config {
 	bool prepaid;
 	int64_t budget_day_pico_usd;
 	int64_t budget_month_pico_usd;
+	/* plan credits (pico-dollars) per plan window, spent before the
+	 * balance; 0: none */
+	int64_t plan_credits_pico_usd;
+	uint32_t plan_window_hours; /* 5 */
 };
 
 /* "auth": client authentication and failed-auth IP blocking. */

@@ -13,6 +13,11 @@
  * malloc, no system call). A key hammered from every core bounces that line
  * between cores; keys do not interfere with each other.
  *
+ * Plan credits (a tier's plan_credits_usd per plan window) are spent first:
+ * a request whose hold fits in what is left of the window's plan credits is
+ * charged to them, else to the balance. Each request is charged wholly to
+ * the source chosen at admission, and its record says which (SL_UREC_PLAN).
+ *
  * Bounds. A hold reserves the request's worst cost as estimated at admission
  * (input estimate at the input price + output tokens up to max_tokens, capped,
  * at the output price), so a balance can go below zero only by what requests
@@ -42,7 +47,9 @@ struct sl_credit_slot {
 	_Atomic uint32_t day_id;     /* days since the epoch (UTC) */
 	_Atomic uint32_t month_id;   /* year * 12 + month - 1 (UTC) */
 	int64_t balance_seen;        /* the journal balance applied (control thread) */
-	char pad[64 - 40];
+	_Atomic int64_t plan_used;   /* plan credits held or spent in window plan_id */
+	_Atomic uint32_t plan_id;    /* plan window index: unix ms / window length */
+	char pad[64 - 52];
 };
 
 struct sl_credit {
@@ -70,19 +77,37 @@ struct sl_credit_spent {
 void sl_credit_set_balance(struct sl_credit *c, uint32_t slot, int64_t balance,
                            const struct sl_credit_spent *spent, uint64_t now_unix_ms);
 
+/* What a key's tier asks of sl_credit_hold. */
+struct sl_credit_terms {
+	bool prepaid;
+	int64_t budget_day, budget_month; /* 0: none */
+	int64_t plan_credits;             /* per plan window; 0: no plan */
+	uint64_t plan_window_ms;
+};
+
 /* sl_credit_hold (reactors): admits a request of the key that may cost up to
- * `hold`: checks the budgets (0: none) against the costs settled in the
- * current day and month, and, when `prepaid`, takes the hold from the
- * balance, refusing when less than the hold is available. Nothing is taken
- * on a refusal. */
+ * `hold`: checks the budgets against the costs settled in the current day
+ * and month; then takes the hold from the plan credits left in the current
+ * window if they cover it (*plan_id = window + 1), else, when prepaid, from
+ * the balance (*plan_id = 0), refusing when less than the hold is available.
+ * Nothing is taken on a refusal. */
 enum sl_credit_refusal sl_credit_hold(struct sl_credit *c, uint32_t slot, int64_t hold,
-                                      bool prepaid, int64_t budget_day, int64_t budget_month,
-                                      uint64_t now_unix_ms);
+                                      const struct sl_credit_terms *terms, uint64_t now_unix_ms,
+                                      uint32_t *plan_id);
 
 /* sl_credit_settle (reactors): the request held `hold` (0 when it was not
- * prepaid) and cost `cost`; exactly once per admitted request. */
-void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, int64_t cost,
-                      uint64_t now_unix_ms);
+ * prepaid), from the plan window plan_id - 1 (0: from the balance), and
+ * cost `cost`; exactly once per admitted request. */
+void sl_credit_settle(struct sl_credit *c, uint32_t slot, int64_t hold, uint32_t plan_id,
+                      int64_t cost, uint64_t now_unix_ms);
+
+/* sl_credit_plan_add (start-up, from the log's replay): a plan-paid cost
+ * settled in plan window `window`. */
+void sl_credit_plan_add(struct sl_credit *c, uint32_t slot, uint32_t window, int64_t cost);
+
+/* sl_credit_plan_left: plan credits left in the window of now. */
+int64_t sl_credit_plan_left(const struct sl_credit *c, uint32_t slot, int64_t plan_credits,
+                            uint64_t plan_window_ms, uint64_t now_unix_ms);
 
 /* sl_credit_cost: what tokens cost at a model's prices, in pico-dollars,
  * exactly (a price is micro-dollars per 1M tokens, i.e. pico-dollars per
@@ -97,11 +122,17 @@ int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint6
 int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot);
 
 /* sl_credit_replay reads the usage log in dir and sums, per key id, the
- * costs of its records: visit(arg, key_id, spent) once per key seen.
+ * costs of its records: visit(arg, key_id, spent) once per key seen
+ * (spent->total counts what the balance paid; day and month all costs), and
+ * plan(arg, key_id, admitted_unix_ms, cost) once per record paid from plan
+ * credits (the window of its admission paid for it).
  * Returns the number of records read, or -errno; damage is skipped (the
  * start-up recovery has cut torn tails already; other damage is reported by
  * `sluice usage verify`). */
 typedef void (*sl_credit_visit_fn)(void *arg, const char *key_id, const struct sl_credit_spent *s);
-int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit, void *arg);
+typedef void (*sl_credit_plan_fn)(void *arg, const char *key_id, uint64_t admitted_unix_ms,
+                                  int64_t cost);
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit,
+                         sl_credit_plan_fn plan, void *arg);
 
 #endif

@@ -227,6 +227,7 @@ struct sl_conn {
 		bool upstream_done;       /* the upstream's response ended whole */
 		bool credit_held;         /* credit.h: settle credit_hold at the end */
 		int64_t credit_hold;
+		uint32_t credit_plan;     /* paid by plan window credit_plan - 1; 0: the balance */
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */

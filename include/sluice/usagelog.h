@@ -52,6 +52,7 @@ struct io_uring;
 #define SL_UREC_STREAM 0x01    /* the client asked for a stream */
 #define SL_UREC_ESTIMATED 0x02 /* tokens counted by the gateway, not reported upstream */
 #define SL_UREC_REFUSED 0x04   /* refused before any upstream call */
+#define SL_UREC_PLAN 0x08      /* paid from the key's plan credits, not its balance */
 
 /* One request. Strings are (pointer, length), not NUL-terminated, and are
  * cut to SL_ULOG_STR_MAX bytes on encode. */

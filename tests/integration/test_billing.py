@@ -21,6 +21,8 @@ from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, Conn, Server,  
                      keys_cli, main, messages_body, test)
 from usagelog_reader import read_log  # noqa: E402
 
+FLAG_PLAN = 8
+
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 XKEY = {"x-api-key": CLIENT_KEY, "anthropic-version": ANTHROPIC_VERSION}
 PREPAID = "prepaid"
@@ -197,6 +199,53 @@ def daily_budget_refuses_once_spent(e):
         expect(r.status == 402 and r.json()["error"]["type"] == "budget_exceeded",
                f"after restart: {r.status}")
         g.stop()
+    finally:
+        g.cleanup()
+
+
+@test(env="billing", fresh=True, timeout=90)
+def plan_credits_spent_first_then_balance(e):
+    g = Gateway(e, "bill-plan", {"planned": {"prepaid": True, "plan_credits_usd": "0.0001",
+                                             "plan_window_hours": 24}}, "planned")
+    try:
+        g.start()
+        n = 0
+        while True:
+            r = g.chat()
+            if r.status != 200:
+                break
+            n += 1
+            expect(n < 1000, "the plan credits never ran out")
+        expect(n > 0, "no request was paid by the plan credits")
+        msg = r.json()["error"].get("message", "")
+        expect(r.status == 402 and r.json()["error"]["type"] == "insufficient_balance" and
+               "plan credits renew at" in msg, f"after {n} requests: {r.status} {msg}")
+        # the balance pays once the plan is spent
+        g.topup("0.0001")
+        os.kill(g.server.proc.pid, signal.SIGHUP)
+        deadline = time.time() + 10
+        while g.chat().status == 402 and time.time() < deadline:
+            time.sleep(0.05)
+        g.stop()
+        recs = list(read_log(g.data_dir).values())
+        plan = [r for r in recs if r["flags"] & FLAG_PLAN]
+        paid = [r for r in recs if not r["flags"] & FLAG_PLAN and r["cost"] > 0]
+        expect(len(plan) == n and sum(r["cost"] for r in plan) <= 100 * PICO,
+               f"{len(plan)} plan-paid records (expected {n}) costing {sum(r['cost'] for r in plan)}")
+        expect(paid, "no record paid by the balance after the top-up")
+        shown = json.loads(keys_cli(g.cfg_path, "show", g.key_id, "--json").stdout)
+        expect(shown["spent_pico_usd"] == sum(r["cost"] for r in paid),
+               f"keys show counts the balance's spending only: {shown}")
+        # derived across a restart: the plan is still spent in this window
+        g.start()
+        left = 0
+        while g.chat().status == 200:
+            left += 1
+            expect(left < 1000, "the balance never ran out")
+        g.stop()
+        recs2 = list(read_log(g.data_dir).values())
+        expect(sum(r["cost"] for r in recs2 if r["flags"] & FLAG_PLAN) <= 100 * PICO,
+               "the plan paid more than its credits across the restart")
     finally:
         g.cleanup()
 

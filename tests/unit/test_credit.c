@@ -18,6 +18,18 @@ static char dir_template[] = "/tmp/sluice-test-credit-XXXXXX";
 /* 2026-11-22T12:00:00Z */
 #define NOON UINT64_C(1795348800000)
 
+/* sl_credit_hold with terms built from the arguments; no plan */
+static enum sl_credit_refusal hold_no_plan(struct sl_credit *c, uint32_t slot, int64_t hold, bool prepaid,
+                                   int64_t budget_day, int64_t budget_month, uint64_t now)
+{
+	struct sl_credit_terms t = { .prepaid = prepaid, .budget_day = budget_day,
+		                     .budget_month = budget_month };
+	uint32_t plan;
+	enum sl_credit_refusal k = sl_credit_hold(c, slot, hold, &t, now, &plan);
+	CHECK_EQ_INT(plan, 0);
+	return k;
+}
+
 static struct sl_model_price price(int64_t in, int64_t out, int64_t cread, int64_t cwrite)
 {
 	struct sl_model_price p = { .input = in, .output = out, .cached_input = cread,
@@ -68,19 +80,19 @@ TEST(hold_refused_when_short_settle_returns_the_rest)
 	struct sl_credit_spent spent = { .total = 30 * PICO };
 	sl_credit_set_balance(c, 3, 100 * PICO, &spent, NOON); /* 70 available */
 	CHECK_EQ_INT(sl_credit_available(c, 3), 70 * PICO);
-	CHECK_EQ_INT(sl_credit_hold(c, 3, 71 * PICO, true, 0, 0, NOON), SL_CREDIT_BALANCE);
+	CHECK_EQ_INT(hold_no_plan(c, 3, 71 * PICO, true, 0, 0, NOON), SL_CREDIT_BALANCE);
 	CHECK_EQ_INT(sl_credit_available(c, 3), 70 * PICO); /* nothing taken on a refusal */
-	CHECK_EQ_INT(sl_credit_hold(c, 3, 50 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
+	CHECK_EQ_INT(hold_no_plan(c, 3, 50 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
 	CHECK_EQ_INT(sl_credit_available(c, 3), 20 * PICO);
-	sl_credit_settle(c, 3, 50 * PICO, 12 * PICO, NOON);
+	sl_credit_settle(c, 3, 50 * PICO, 0, 12 * PICO, NOON);
 	CHECK_EQ_INT(sl_credit_available(c, 3), 58 * PICO);
 	/* a cost beyond the hold overdraws by the difference, no more */
-	CHECK_EQ_INT(sl_credit_hold(c, 3, 58 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
-	sl_credit_settle(c, 3, 58 * PICO, 60 * PICO, NOON);
+	CHECK_EQ_INT(hold_no_plan(c, 3, 58 * PICO, true, 0, 0, NOON), SL_CREDIT_OK);
+	sl_credit_settle(c, 3, 58 * PICO, 0, 60 * PICO, NOON);
 	CHECK_EQ_INT(sl_credit_available(c, 3), -2 * PICO);
-	CHECK_EQ_INT(sl_credit_hold(c, 3, 0, true, 0, 0, NOON), SL_CREDIT_BALANCE);
+	CHECK_EQ_INT(hold_no_plan(c, 3, 0, true, 0, 0, NOON), SL_CREDIT_BALANCE);
 	/* not prepaid: no balance needed */
-	CHECK_EQ_INT(sl_credit_hold(c, 3, 5 * PICO, false, 0, 0, NOON), SL_CREDIT_OK);
+	CHECK_EQ_INT(hold_no_plan(c, 3, 5 * PICO, false, 0, 0, NOON), SL_CREDIT_OK);
 	/* a top-up (reload: spent NULL) adds only the change of balance */
 	sl_credit_set_balance(c, 3, 110 * PICO, NULL, NOON);
 	CHECK_EQ_INT(sl_credit_available(c, 3), 8 * PICO);
@@ -95,21 +107,63 @@ TEST(budgets_per_day_and_month_roll_over)
 	CHECK_EQ_INT(sl_credit_create(4, &c), 0);
 	struct sl_credit_spent none = { 0 };
 	sl_credit_set_balance(c, 1, 0, &none, NOON);
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_OK);
-	sl_credit_settle(c, 1, 0, 10, NOON);
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_BUDGET_DAY);
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 0, 10, NOON);
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 10, 25, NOON), SL_CREDIT_BUDGET_DAY);
 	/* the next day: the daily budget is back, the month's counts on */
 	uint64_t tomorrow = NOON + DAY_MS;
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, tomorrow), SL_CREDIT_OK);
-	sl_credit_settle(c, 1, 0, 9, tomorrow);
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 10, 25, tomorrow + DAY_MS), SL_CREDIT_OK);
-	sl_credit_settle(c, 1, 0, 7, tomorrow + DAY_MS);
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 100, 25, tomorrow + DAY_MS),
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 10, 25, tomorrow), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 0, 9, tomorrow);
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 10, 25, tomorrow + DAY_MS), SL_CREDIT_OK);
+	sl_credit_settle(c, 1, 0, 0, 7, tomorrow + DAY_MS);
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 100, 25, tomorrow + DAY_MS),
 	             SL_CREDIT_BUDGET_MONTH);
 	/* December: a new month */
-	CHECK_EQ_INT(sl_credit_hold(c, 1, 0, false, 100, 25, NOON + 10 * DAY_MS), SL_CREDIT_OK);
+	CHECK_EQ_INT(hold_no_plan(c, 1, 0, false, 100, 25, NOON + 10 * DAY_MS), SL_CREDIT_OK);
 	CHECK_EQ_INT(sl_credit_month_id(NOON), 2026 * 12 + 10);
 	CHECK_EQ_INT(sl_credit_month_id(NOON + 10 * DAY_MS), 2026 * 12 + 11);
+	sl_credit_free(c);
+}
+
+/* Plan credits go first, a request wholly to one source; the window
+ * renews them; a balance pays once they do not cover a hold. */
+TEST(plan_credits_first_then_balance_and_renewal)
+{
+	struct sl_credit *c;
+	CHECK_EQ_INT(sl_credit_create(2, &c), 0);
+	struct sl_credit_spent none = { 0 };
+	sl_credit_set_balance(c, 1, 50, &none, NOON);
+	const uint64_t w = 5 * 3600000;
+	struct sl_credit_terms t = { .prepaid = true, .plan_credits = 100, .plan_window_ms = w };
+	uint32_t plan;
+	uint64_t start = NOON / w * w;
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 60, &t, start, &plan), SL_CREDIT_OK);
+	CHECK_EQ_INT(plan, start / w + 1);
+	sl_credit_settle(c, 1, 60, plan, 40, start); /* 40 of the plan used */
+	CHECK_EQ_INT(sl_credit_plan_left(c, 1, 100, w, start), 60);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 61, &t, start + 1, &plan), SL_CREDIT_BALANCE);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 45, &t, start + 1, &plan), SL_CREDIT_OK);
+	CHECK(plan != 0); /* 45 fits in the 60 left */
+	uint32_t plan2;
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 30, &t, start + 2, &plan2), SL_CREDIT_OK);
+	CHECK_EQ_INT(plan2, 0); /* 15 left in the plan: the balance pays */
+	CHECK_EQ_INT(sl_credit_available(c, 1), 20);
+	sl_credit_settle(c, 1, 30, 0, 10, start + 3);
+	sl_credit_settle(c, 1, 45, plan, 45, start + 3);
+	CHECK_EQ_INT(sl_credit_available(c, 1), 40);
+	CHECK_EQ_INT(sl_credit_plan_left(c, 1, 100, w, start + 3), 15);
+	/* the next window: the plan is whole again */
+	CHECK_EQ_INT(sl_credit_plan_left(c, 1, 100, w, start + w), 100);
+	CHECK_EQ_INT(sl_credit_hold(c, 1, 100, &t, start + w, &plan), SL_CREDIT_OK);
+	CHECK_EQ_INT(plan, start / w + 2);
+	/* a request admitted in the old window, settled in the new one, does
+	 * not touch the new window's count */
+	uint32_t old = (uint32_t)(start / w + 1);
+	sl_credit_settle(c, 1, 45, old, 45, start + w);
+	CHECK_EQ_INT(sl_credit_plan_left(c, 1, 100, w, start + w), 0);
+	/* start-up: plan costs replayed into the current window */
+	sl_credit_plan_add(c, 0, (uint32_t)(start / w), 30);
+	CHECK_EQ_INT(sl_credit_plan_left(c, 0, 100, w, start), 70);
 	sl_credit_free(c);
 }
 
@@ -125,12 +179,12 @@ static void *race_thread(void *arg)
 {
 	struct race *rc = arg;
 	for (int i = 0; i < 20000; i++) {
-		if (sl_credit_hold(rc->c, 0, 7, true, 0, 0, NOON) != SL_CREDIT_OK)
+		if (hold_no_plan(rc->c, 0, 7, true, 0, 0, NOON) != SL_CREDIT_OK)
 			continue;
 		rc->admitted++;
 		int64_t cost = i % 7; /* at most the hold */
 		rc->cost_sum += cost;
-		sl_credit_settle(rc->c, 0, 7, cost, NOON);
+		sl_credit_settle(rc->c, 0, 7, 0, cost, NOON);
 	}
 	return NULL;
 }
@@ -210,7 +264,7 @@ TEST(replay_sums_costs_per_key_day_and_month)
 	}
 	CHECK_EQ_INT(sl_ulog_close(l), 0);
 	num_seen = 0;
-	CHECK_EQ_INT(sl_credit_replay(dir, NOON, visit, NULL), 6);
+	CHECK_EQ_INT(sl_credit_replay(dir, NOON, visit, NULL, NULL), 6);
 	CHECK_EQ_INT(num_seen, 2);
 	const struct sl_credit_spent *a = seen_of("key_a"), *b = seen_of("key_b");
 	CHECK(a && b);
@@ -221,7 +275,7 @@ TEST(replay_sums_costs_per_key_day_and_month)
 		CHECK_EQ_INT(b->total, 13);
 	}
 	/* no log at all: nothing spent */
-	CHECK_EQ_INT(sl_credit_replay("/nonexistent/usage", NOON, visit, NULL), 0);
+	CHECK_EQ_INT(sl_credit_replay("/nonexistent/usage", NOON, visit, NULL, NULL), 0);
 }
 
 int main(void)
@@ -234,6 +288,7 @@ int main(void)
 	RUN(format_pico_usd);
 	RUN(hold_refused_when_short_settle_returns_the_rest);
 	RUN(budgets_per_day_and_month_roll_over);
+	RUN(plan_credits_first_then_balance_and_renewal);
 	RUN(threads_never_overdraw_and_settle_exactly);
 	RUN(replay_sums_costs_per_key_day_and_month);
 	char cmd[128];
