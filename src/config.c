@@ -1034,7 +1034,8 @@ static int read_price_field(struct loader *ld, json_t *obj, const char *key, uin
 
 static int parse_price(struct loader *ld, json_t *obj, struct sl_model_price *price)
 {
-	static const char *const keys[] = { "input", "output", "cached_input", "cache_write", NULL };
+	static const char *const keys[] = { "input", "output", "cached_input", "cache_write",
+		                            "cache_write_1h", NULL };
 	json_t *p;
 	int rc = read_object(ld, obj, "price", false, &p);
 	if (rc || !p)
@@ -1047,8 +1048,12 @@ static int parse_price(struct loader *ld, json_t *obj, struct sl_model_price *pr
 	    (rc = read_price_field(ld, p, "cached_input", SL_PRICE_CACHED_INPUT,
 	                           &price->cached_input, price)) ||
 	    (rc = read_price_field(ld, p, "cache_write", SL_PRICE_CACHE_WRITE, &price->cache_write,
-	                           price)))
+	                           price)) ||
+	    (rc = read_price_field(ld, p, "cache_write_1h", SL_PRICE_CACHE_WRITE_1H,
+	                           &price->cache_write_1h, price)))
 		return rc;
+	if (!(price->fields_set & SL_PRICE_CACHE_WRITE_1H))
+		price->cache_write_1h = price->cache_write;
 	path_pop(ld, old);
 	return 0;
 }
@@ -1335,6 +1340,8 @@ static json_t *model_json(const struct sl_model_config *m)
 			  offsetof(struct sl_model_price, cached_input) },
 			{ "cache_write", SL_PRICE_CACHE_WRITE,
 			  offsetof(struct sl_model_price, cache_write) },
+			{ "cache_write_1h", SL_PRICE_CACHE_WRITE_1H,
+			  offsetof(struct sl_model_price, cache_write_1h) },
 		};
 		json_t *pricing = json_object();
 		rc |= json_object_set_new(pricing, "currency", json_string("USD"));

@@ -179,15 +179,17 @@ int64_t sl_credit_plan_left(const struct sl_credit *c, uint32_t slot, int64_t pl
 }
 
 int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
-                       uint64_t cache_read, uint64_t cache_write)
+                       uint64_t cache_read, uint64_t cache_write, uint64_t cache_write_1h)
 {
 	if (!price->set)
 		return 0;
-	const uint64_t tokens[4] = { input, output, cache_read, cache_write };
-	const int64_t per[4] = { price->input, price->output, price->cached_input,
-		                 price->cache_write };
+	cache_write_1h = SL_MIN(cache_write_1h, cache_write);
+	const uint64_t tokens[5] = { input, output, cache_read, cache_write - cache_write_1h,
+		                     cache_write_1h };
+	const int64_t per[5] = { price->input, price->output, price->cached_input,
+		                 price->cache_write, price->cache_write_1h };
 	unsigned __int128 sum = 0;
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 5; i++)
 		if (per[i] > 0)
 			sum += (unsigned __int128)tokens[i] * (uint64_t)per[i];
 	return sum > INT64_MAX ? INT64_MAX : (int64_t)sum;

@@ -625,6 +625,7 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		rec.output_tokens = u->output_tokens;
 		rec.cache_read_tokens = u->cache_read_tokens;
 		rec.cache_write_tokens = u->cache_write_tokens;
+		rec.cache_write_1h_tokens = SL_MIN(u->cache_write_1h_tokens, u->cache_write_tokens);
 	}
 	bool generated = rec.status == 499 || (rec.status >= 200 && rec.status < 300);
 	if (c->cx.target && generated && (!reported || !c->cx.upstream_done)) {
@@ -649,8 +650,9 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		}
 		rec.output_tokens = SL_MAX(rec.output_tokens, out);
 	}
-	rec.cost_pico_usd = sl_credit_cost(&model->price, rec.input_tokens, rec.output_tokens,
-	                                   rec.cache_read_tokens, rec.cache_write_tokens);
+	rec.cost_pico_usd =
+	    sl_credit_cost(&model->price, rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
+	                   rec.cache_write_tokens, rec.cache_write_1h_tokens);
 	if (c->cx.credit_held) {
 		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, c->cx.credit_plan,
 		                 rec.cost_pico_usd, sl_gate_unix_ms(r->gate, r->now_ms));
@@ -900,7 +902,7 @@ static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const c
  * prepaid key's balance must cover. */
 static int64_t exchange_hold(const struct sl_model_config *model, uint64_t input, uint64_t output)
 {
-	return sl_credit_cost(&model->price, input, output, 0, 0);
+	return sl_credit_cost(&model->price, input, output, 0, 0, 0);
 }
 
 /* Holds the request's worst cost on a prepaid key's balance and checks its

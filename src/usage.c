@@ -54,6 +54,7 @@ enum name_index {
 	NAME_CACHED_TOKENS,
 	NAME_CACHE_READ_INPUT_TOKENS,
 	NAME_CACHE_CREATION_INPUT_TOKENS,
+	NAME_EPHEMERAL_1H_INPUT_TOKENS,
 	NUM_NAMES,
 };
 
@@ -72,6 +73,7 @@ static const struct name names[NUM_NAMES] = {
 	[NAME_CACHED_TOKENS] = NAME("cached_tokens", SL_USAGE_CACHE_READ),
 	[NAME_CACHE_READ_INPUT_TOKENS] = NAME("cache_read_input_tokens", SL_USAGE_CACHE_READ),
 	[NAME_CACHE_CREATION_INPUT_TOKENS] = NAME("cache_creation_input_tokens", SL_USAGE_CACHE_WRITE),
+	[NAME_EPHEMERAL_1H_INPUT_TOKENS] = NAME("ephemeral_1h_input_tokens", SL_USAGE_CACHE_WRITE_1H),
 };
 #undef NAME
 
@@ -147,6 +149,8 @@ static inline int match_name_whole(const char *s)
 		return IS("input_tokens") ? NAME_INPUT_TOKENS : -1;
 	case 'o':
 		return IS("output_tokens") ? NAME_OUTPUT_TOKENS : -1;
+	case 'e':
+		return IS("ephemeral_1h_input_tokens") ? NAME_EPHEMERAL_1H_INPUT_TOKENS : -1;
 	case 'c':
 		if (s[1] == 'o')
 			return IS("completion_tokens") ? NAME_COMPLETION_TOKENS : -1;
@@ -276,6 +280,9 @@ static void store_value(struct sl_token_usage *usage, unsigned key, uint64_t v)
 		break;
 	case SL_USAGE_CACHE_WRITE:
 		usage->cache_write_tokens = v;
+		break;
+	case SL_USAGE_CACHE_WRITE_1H:
+		usage->cache_write_1h_tokens = v;
 		break;
 	default:
 		SL_ASSERT(!"a name maps to one field");

@@ -497,7 +497,7 @@ struct export_ctx {
 
 static const char csv_header[] =
 	"time,request_id,key_id,client_ip,route,model,provider,upstream_model,status,"
-	"input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,"
+	"input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cache_write_1h_tokens,cost_usd,"
 	"ttfb_ms,total_ms,stream,usage,attempts,refused\n";
 
 /* The route's name from the router; a value this build does not know (a
@@ -543,9 +543,10 @@ static int export_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 		}
 		char cost[32];
 		sl_format_pico_usd(rec->cost_pico_usd, cost, sizeof cost);
-		fprintf(f, "%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%s,%" PRIu32
+		fprintf(f, "%u,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%s,%" PRIu32
 		        ",%" PRIu32 ",%s,%s,%u,%s\n", rec->status, rec->input_tokens, rec->output_tokens,
-		        rec->cache_read_tokens, rec->cache_write_tokens, cost, rec->ttfb_ms,
+		        rec->cache_read_tokens, rec->cache_write_tokens, rec->cache_write_1h_tokens, cost,
+		        rec->ttfb_ms,
 		        rec->total_ms, stream, how, rec->attempts, refused);
 	} else {
 		static const char *const string_keys[] = { "request_id", "key_id" };
@@ -568,11 +569,13 @@ static int export_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 		sl_format_pico_usd(rec->cost_pico_usd, cost, sizeof cost);
 		fprintf(f, ",\"status\":%u,\"input_tokens\":%" PRIu64 ",\"output_tokens\":%" PRIu64
 		        ",\"cache_read_tokens\":%" PRIu64 ",\"cache_write_tokens\":%" PRIu64
+		        ",\"cache_write_1h_tokens\":%" PRIu64
 		        ",\"cost_usd\":\"%s\",\"cost_pico_usd\":%" PRId64
 		        ",\"ttfb_ms\":%" PRIu32 ",\"total_ms\":%" PRIu32
 		        ",\"stream\":%s,\"usage\":\"%s\",\"attempts\":%u,\"refused\":%s}\n",
 		        rec->status, rec->input_tokens, rec->output_tokens, rec->cache_read_tokens,
-		        rec->cache_write_tokens, cost, rec->cost_pico_usd, rec->ttfb_ms, rec->total_ms,
+		        rec->cache_write_tokens, rec->cache_write_1h_tokens, cost, rec->cost_pico_usd,
+		        rec->ttfb_ms, rec->total_ms,
 		        stream, how, rec->attempts, refused);
 	}
 	return ferror(f) ? WALK_STOP : 0;

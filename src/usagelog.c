@@ -75,12 +75,13 @@ static uint64_t get_u64(const uint8_t *p)
  *   8  u64 time_unix_ms
  *  16  u32 ttfb_ms     20  u32 total_ms
  *  24  u64 input  32 u64 output  40 u64 cache_read  48 u64 cache_write
- *  56  i64 cost_pico_usd
- *  64  u8[16] ip
- *  80  five strings, each u8 length + bytes: request_id, key_id, model,
+ *  56  u64 cache_write_1h (of cache_write)
+ *  64  i64 cost_pico_usd
+ *  72  u8[16] ip
+ *  88  five strings, each u8 length + bytes: request_id, key_id, model,
  *      provider, upstream_model
  */
-#define REC_FIXED 80
+#define REC_FIXED 88
 #define REC_STRINGS 5
 
 static const struct sl_ustr *rec_string(const struct sl_usage_record *rec, int i)
@@ -113,8 +114,9 @@ int sl_usage_record_encode(const struct sl_usage_record *rec, uint8_t *out, size
 	put_u64(out + 32, rec->output_tokens);
 	put_u64(out + 40, rec->cache_read_tokens);
 	put_u64(out + 48, rec->cache_write_tokens);
-	put_u64(out + 56, (uint64_t)rec->cost_pico_usd);
-	memcpy(out + 64, rec->ip, 16);
+	put_u64(out + 56, rec->cache_write_1h_tokens);
+	put_u64(out + 64, (uint64_t)rec->cost_pico_usd);
+	memcpy(out + 72, rec->ip, 16);
 	size_t off = REC_FIXED;
 	for (int i = 0; i < REC_STRINGS; i++) {
 		const struct sl_ustr *s = rec_string(rec, i);
@@ -145,8 +147,9 @@ int sl_usage_record_decode(const uint8_t *p, size_t len, struct sl_usage_record 
 	rec->output_tokens = get_u64(p + 32);
 	rec->cache_read_tokens = get_u64(p + 40);
 	rec->cache_write_tokens = get_u64(p + 48);
-	rec->cost_pico_usd = (int64_t)get_u64(p + 56);
-	memcpy(rec->ip, p + 64, 16);
+	rec->cache_write_1h_tokens = get_u64(p + 56);
+	rec->cost_pico_usd = (int64_t)get_u64(p + 64);
+	memcpy(rec->ip, p + 72, 16);
 	struct sl_ustr *s[REC_STRINGS] = { &rec->request_id, &rec->key_id, &rec->model,
 		                           &rec->provider, &rec->upstream_model };
 	size_t off = REC_FIXED;

@@ -485,6 +485,7 @@ struct job {
 	uint64_t usage_out;  /* output tokens reported */
 	uint64_t cache_read;
 	uint64_t cache_write;
+	uint64_t cache_write_1h; /* of cache_write: x-mock-cache-write-1h */
 	uint64_t input_tokens;
 	uint64_t embed_inputs;
 	uint64_t embed_dims;
@@ -1100,6 +1101,14 @@ static inline void put_anthropic_cache(struct buf *b, const struct job *j)
 	put_u64(b, j->cache_write);
 	PUT_LIT(b, ",\"cache_read_input_tokens\":");
 	put_u64(b, j->cache_read);
+	if (j->cache_write_1h && j->cache_write_1h <= j->cache_write) {
+		/* the split by cache lifetime, as the API gives it */
+		PUT_LIT(b, ",\"cache_creation\":{\"ephemeral_5m_input_tokens\":");
+		put_u64(b, j->cache_write - j->cache_write_1h);
+		PUT_LIT(b, ",\"ephemeral_1h_input_tokens\":");
+		put_u64(b, j->cache_write_1h);
+		put_ch(b, '}');
+	}
 	PUT_LIT(b, ",\"output_tokens\":");
 }
 
@@ -2095,6 +2104,9 @@ static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
 		} else if (NAME_IS(n, nl, "cache-write")) {
 			if (header_u64(h, CACHE_TOKENS_MAX, &v))
 				j->cache_write = v;
+		} else if (NAME_IS(n, nl, "cache-write-1h")) {
+			if (header_u64(h, CACHE_TOKENS_MAX, &v))
+				j->cache_write_1h = v;
 		}
 	}
 }

@@ -90,6 +90,7 @@ enum sl_price_field {
 	SL_PRICE_OUTPUT = 1u << 1,
 	SL_PRICE_CACHED_INPUT = 1u << 2,
 	SL_PRICE_CACHE_WRITE = 1u << 3,
+	SL_PRICE_CACHE_WRITE_1H = 1u << 4,
 };
 
 /* Prices in integer micro-dollars per 1M tokens ("2.50" -> 2500000). A field
@@ -98,7 +99,10 @@ struct sl_model_price {
 	int64_t input;
 	int64_t output;
 	int64_t cached_input;
+	/* cache_write: Anthropic's 5-minute cache writes (and any other);
+	 * cache_write_1h: its 1-hour ones (not set: at cache_write) */
 	int64_t cache_write;
+	int64_t cache_write_1h;
 	bool set;            /* the model has a "price" object */
 	uint32_t fields_set; /* SL_PRICE_* bits */
 };

@@ -111,11 +111,13 @@ int64_t sl_credit_plan_left(const struct sl_credit *c, uint32_t slot, int64_t pl
 
 /* sl_credit_cost: what tokens cost at a model's prices, in pico-dollars,
  * exactly (a price is micro-dollars per 1M tokens, i.e. pico-dollars per
- * token): no rounding, so costs add up with no drift. Saturates at
+ * token): no rounding, so costs add up with no drift. cache_write counts
+ * every cache write, cache_write_1h those of them priced as 1-hour (at
+ * price->cache_write_1h; the rest at price->cache_write). Saturates at
  * INT64_MAX. Unset or negative prices count 0. */
 struct sl_model_price;
 int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
-                       uint64_t cache_read, uint64_t cache_write);
+                       uint64_t cache_read, uint64_t cache_write, uint64_t cache_write_1h);
 
 /* sl_credit_available: what the key may still spend now (the balance less
  * outstanding holds). */

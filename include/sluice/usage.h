@@ -62,6 +62,7 @@
 #define SL_USAGE_CACHE_READ (1u << 2)
 #define SL_USAGE_CACHE_WRITE (1u << 3)
 #define SL_USAGE_CACHE_READ_IN_INPUT (1u << 4)
+#define SL_USAGE_CACHE_WRITE_1H (1u << 5) /* Anthropic cache_creation.ephemeral_1h_input_tokens */
 
 /* Every count saturates here, and so does sl_usage_total_tokens, so that a
  * sum of a few counts cannot wrap. */
@@ -71,7 +72,8 @@ struct sl_token_usage {
 	uint64_t input_tokens;       /* OpenAI prompt_tokens or input_tokens; Anthropic input_tokens (uncached) */
 	uint64_t output_tokens;      /* completion_tokens / output_tokens */
 	uint64_t cache_read_tokens;  /* OpenAI cached_tokens; Anthropic cache_read_input_tokens */
-	uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens */
+	uint64_t cache_write_tokens; /* Anthropic cache_creation_input_tokens (5-minute + 1-hour) */
+	uint64_t cache_write_1h_tokens; /* of which 1-hour: cache_creation.ephemeral_1h_input_tokens */
 	uint32_t fields_seen;        /* SL_USAGE_* bits */
 };
 

@@ -81,7 +81,8 @@ env("usage", gateway=False)
 
 @test(env="usage", fresh=True, timeout=90)
 def records_for_every_way_a_request_ends(e):
-    g = Gateway(e, "usage-ends", {"tiers": {"tiny": {"requests_per_minute": 1}}})
+    g = Gateway(e, "usage-ends", {"tiers": {"tiny": {"requests_per_minute": 1}},
+                                  "models": {"claude-sonnet-4-5": {"price": {"cache_write_1h": "6.00"}}}})
     try:
         g.start()
         ids = {}
@@ -94,7 +95,8 @@ def records_for_every_way_a_request_ends(e):
             ids["chat"] = (r.header("x-request-id"), r.json()["usage"])
             # Messages, non-stream, with cache reads and writes
             c.send(build_request("POST", "/v1/messages", messages_body(),
-                                 dict(XKEY, **{"x-mock-cache-read": "7", "x-mock-cache-write": "3"})))
+                                 dict(XKEY, **{"x-mock-cache-read": "7", "x-mock-cache-write": "3",
+                                               "x-mock-cache-write-1h": "2"})))
             r = c.read_response()
             expect(r.status == 200, f"messages: {r.status}")
             ids["messages"] = (r.header("x-request-id"), r.json()["usage"])
@@ -179,10 +181,14 @@ def records_for_every_way_a_request_ends(e):
 
         r = recs[ids["messages"][0]]
         u = ids["messages"][1]
-        expect((r["input"], r["output"], r["cache_read"], r["cache_write"]) ==
-               (u["input_tokens"], u["output_tokens"], 7, 3), f"messages tokens {r} vs {u}")
+        expect((r["input"], r["output"], r["cache_read"], r["cache_write"], r["cache_write_1h"]) ==
+               (u["input_tokens"], u["output_tokens"], 7, 3, 2), f"messages tokens {r} vs {u}")
+        expect(u.get("cache_creation") == {"ephemeral_5m_input_tokens": 1,
+                                           "ephemeral_1h_input_tokens": 2},
+               f"the mock's cache_creation split: {u}")
+        # 5-minute and 1-hour cache writes at their own prices
         want = (pico(r["input"], 3.00) + pico(r["output"], 15.00) + pico(7, 0.30) +
-                pico(3, 3.75))
+                pico(1, 3.75) + pico(2, 6.00))
         expect(r["cost"] == want, f"messages cost {r['cost']}, expected {want}")
 
         r = recs[ids["messages_stream"][0]]

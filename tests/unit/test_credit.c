@@ -43,21 +43,26 @@ static struct sl_model_price price(int64_t in, int64_t out, int64_t cread, int64
 TEST(cost_exact_no_drift_over_a_million_requests)
 {
 	struct sl_model_price p = price(150000, 600000, 75000, 3750000); /* $0.15 .. $3.75 / 1M */
-	uint64_t x = 88172645463325252u, tin = 0, tout = 0, tr = 0, tw = 0;
+	p.cache_write_1h = 6000000; /* 1-hour cache writes: $6 / 1M */
+	uint64_t x = 88172645463325252u, tin = 0, tout = 0, tr = 0, tw = 0, tw3 = 0;
 	int64_t sum = 0;
 	for (int i = 0; i < 1000000; i++) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		uint64_t in = x % 5000, out = (x >> 16) % 700, r = (x >> 32) % 50, w = (x >> 48) % 9;
-		sum += sl_credit_cost(&p, in, out, r, w);
-		tin += in, tout += out, tr += r, tw += w;
+		sum += sl_credit_cost(&p, in, out, r, w, w / 3);
+		tin += in, tout += out, tr += r, tw += w, tw3 += w / 3;
 	}
-	int64_t want = (int64_t)(tin * 150000 + tout * 600000 + tr * 75000 + tw * 3750000);
+	int64_t want = (int64_t)(tin * 150000 + tout * 600000 + tr * 75000 + (tw - tw3) * 3750000 +
+	                         tw3 * 6000000);
 	CHECK_EQ_INT(sum, want);
 	/* 7 tokens at $0.15/1M is 1.05 micro-dollars: exactly 1050000 pico */
-	CHECK_EQ_INT(sl_credit_cost(&p, 7, 0, 0, 0), 1050000);
+	CHECK_EQ_INT(sl_credit_cost(&p, 7, 0, 0, 0, 0), 1050000);
+	/* 10 cache writes, 4 of them 1-hour: 6 x 3.75 + 4 x 6 */
+	CHECK_EQ_INT(sl_credit_cost(&p, 0, 0, 0, 10, 4), 6 * 3750000 + 4 * 6000000);
+	CHECK_EQ_INT(sl_credit_cost(&p, 0, 0, 0, 10, 99), 10 * 6000000); /* 1h capped at all */
 	struct sl_model_price unset = { 0 };
-	CHECK_EQ_INT(sl_credit_cost(&unset, 1000, 1000, 0, 0), 0);
-	CHECK_EQ_INT(sl_credit_cost(&p, UINT64_MAX, UINT64_MAX, 0, 0), INT64_MAX);
+	CHECK_EQ_INT(sl_credit_cost(&unset, 1000, 1000, 0, 0, 0), 0);
+	CHECK_EQ_INT(sl_credit_cost(&p, UINT64_MAX, UINT64_MAX, 0, 0, 0), INT64_MAX);
 }
 
 TEST(format_pico_usd)

@@ -313,6 +313,7 @@ static long split_mismatch(const char *text, size_t len)
 #define CREAD SL_USAGE_CACHE_READ
 #define CWRITE SL_USAGE_CACHE_WRITE
 #define CIN SL_USAGE_CACHE_READ_IN_INPUT
+#define C1H SL_USAGE_CACHE_WRITE_1H
 
 /* ---- each format --------------------------------------------------------- */
 
@@ -368,7 +369,7 @@ TEST(responses_stream)
 TEST(anthropic_body)
 {
 	struct sl_token_usage u = scan(LIT(anthropic_body));
-	CHECK_USAGE(u, 2095, 503, 0, 0, IN | OUT | CREAD | CWRITE);
+	CHECK_USAGE(u, 2095, 503, 0, 0, IN | OUT | CREAD | CWRITE | C1H);
 	CHECK_EQ_INT(sl_usage_total_tokens(&u), 2598);
 }
 
@@ -377,7 +378,7 @@ TEST(anthropic_stream)
 	/* message_start: input and cache counts, output 2; message_delta: the
 	 * cumulative output, 89. Anthropic counts cache reads apart from input. */
 	struct sl_token_usage u = scan(LIT(anthropic_stream));
-	CHECK_USAGE(u, 472, 89, 2048, 1024, IN | OUT | CREAD | CWRITE);
+	CHECK_USAGE(u, 472, 89, 2048, 1024, IN | OUT | CREAD | CWRITE | C1H);
 	CHECK_EQ_INT(sl_usage_total_tokens(&u), 472 + 89 + 2048 + 1024);
 }
 
@@ -385,13 +386,13 @@ TEST(anthropic_stream_cut_after_message_start)
 {
 	/* A stream that ends early keeps what message_start reported. */
 	struct sl_token_usage u = scan(LIT(ANTHROPIC_START ANTHROPIC_BLOCKS));
-	CHECK_USAGE(u, 472, 2, 2048, 1024, IN | OUT | CREAD | CWRITE);
+	CHECK_USAGE(u, 472, 2, 2048, 1024, IN | OUT | CREAD | CWRITE | C1H);
 }
 
 TEST(anthropic_stream_delta_repeats_fields)
 {
 	struct sl_token_usage u = scan(LIT(anthropic_stream_full_delta));
-	CHECK_USAGE(u, 480, 91, 2000, 1000, IN | OUT | CREAD | CWRITE);
+	CHECK_USAGE(u, 480, 91, 2000, 1000, IN | OUT | CREAD | CWRITE | C1H);
 }
 
 TEST(anthropic_tool_input_forgery_overwritten)
@@ -448,6 +449,7 @@ TEST(fast_and_split_name_paths_agree)
 		uint64_t v = names[i].field == IN      ? whole.input_tokens
 		             : names[i].field == OUT   ? whole.output_tokens
 		             : names[i].field == CREAD ? whole.cache_read_tokens
+		             : names[i].field == C1H   ? whole.cache_write_1h_tokens
 		                                       : whole.cache_write_tokens;
 		CHECK_EQ_INT(v, 123);
 		CHECK_EQ_INT(split_mismatch(text, (size_t)n), -1);
@@ -527,11 +529,24 @@ TEST(key_followed_by_non_number_ignored)
 	CHECK_TEXT("{\"output_tokens\":0}", 0, 0, 0, 0, OUT);
 }
 
+TEST(anthropic_one_hour_cache_writes)
+{
+	/* cache_creation_input_tokens counts every write; the 1-hour ones are
+	 * also given apart, to be priced apart */
+	struct sl_token_usage u =
+	    scan(LIT("{\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":300,"
+	             "\"cache_read_input_tokens\":0,\"cache_creation\":{\"ephemeral_5m_input_tokens\":"
+	             "100,\"ephemeral_1h_input_tokens\":200},\"output_tokens\":5}}"));
+	CHECK_USAGE(u, 10, 5, 0, 300, IN | OUT | CREAD | CWRITE | C1H);
+	CHECK_EQ_INT(u.cache_write_1h_tokens, 200);
+	CHECK_EQ_INT(sl_usage_total_tokens(&u), 315);
+}
+
 TEST(other_keys_ignored)
 {
 	CHECK_TEXT("{\"total_tokens\":1,\"reasoning_tokens\":2,\"max_output_tokens\":3,"
 	           "\"max_tokens\":4,\"audio_tokens\":5,\"ephemeral_5m_input_tokens\":6,"
-	           "\"ephemeral_1h_input_tokens\":7,\"accepted_prediction_tokens\":8,"
+	           "\"ephemeral_2h_input_tokens\":7,\"accepted_prediction_tokens\":8,"
 	           "\"web_search_requests\":9,\"input_tokens_details\":{},\"Input_tokens\":10,"
 	           "\"INPUT_TOKENS\":11,\"input_token\":12,\"input_tokensx\":13,"
 	           "\"xinput_tokens\":14,\" input_tokens\":15,\"input_tokens \":16,"
@@ -748,6 +763,7 @@ int main(void)
 	RUN(escape_parity_across_many_pieces);
 	RUN(whitespace_around_colon);
 	RUN(key_followed_by_non_number_ignored);
+	RUN(anthropic_one_hour_cache_writes);
 	RUN(other_keys_ignored);
 	RUN(near_misses_of_every_name_ignored);
 	RUN(failed_key_does_not_hide_the_next);

@@ -91,6 +91,7 @@ static void make_record(uint64_t i, struct sl_usage_record *rec, struct rec_text
 	rec->output_tokens = i % 3 ? i * 3 : UINT64_MAX - i;
 	rec->cache_read_tokens = i / 2;
 	rec->cache_write_tokens = i % 11;
+	rec->cache_write_1h_tokens = i % 5;
 	rec->cost_pico_usd = i % 5 ? (int64_t)(i * 123) : -(int64_t)i - 1;
 	rec->ip_family = (uint8_t)(i % 3 == 0 ? 4 : i % 3 == 1 ? 6 : 0);
 	if (rec->ip_family)
@@ -115,6 +116,7 @@ static bool rec_eq(const struct sl_usage_record *a, const struct sl_usage_record
 	       a->total_ms == b->total_ms && a->input_tokens == b->input_tokens &&
 	       a->output_tokens == b->output_tokens && a->cache_read_tokens == b->cache_read_tokens &&
 	       a->cache_write_tokens == b->cache_write_tokens &&
+	       a->cache_write_1h_tokens == b->cache_write_1h_tokens &&
 	       a->cost_pico_usd == b->cost_pico_usd && a->ip_family == b->ip_family &&
 	       memcmp(a->ip, b->ip, 16) == 0 && ustr_eq(a->request_id, b->request_id) &&
 	       ustr_eq(a->key_id, b->key_id) && ustr_eq(a->model, b->model) &&
@@ -338,6 +340,7 @@ TEST(record_round_trip_all_fields)
 		.output_tokens = 1,
 		.cache_read_tokens = UINT64_C(0x0102030405060708),
 		.cache_write_tokens = 99,
+		.cache_write_1h_tokens = 33,
 		.cost_pico_usd = INT64_MIN + 5,
 		.ip_family = 6,
 		.ip = { 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef },
@@ -471,7 +474,7 @@ TEST(record_decode_refuses_bad_payloads)
 	CHECK_EQ_INT(sl_usage_record_decode(junk, sizeof junk, &back), -EINVAL);
 	/* version 1 but a string length running past the end */
 	memcpy(junk, buf, (size_t)n);
-	junk[80] = 250;
+	junk[88] = 250; /* the first string's length byte */
 	CHECK_EQ_INT(sl_usage_record_decode(junk, (size_t)n, &back), -EINVAL);
 	/* and a pseudo-random flood, version byte set: refused or accepted, never a crash */
 	uint64_t x = 0x9e3779b97f4a7c15ull;
