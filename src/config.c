@@ -1035,7 +1035,7 @@ static int read_price_field(struct loader *ld, json_t *obj, const char *key, uin
 static int parse_price(struct loader *ld, json_t *obj, struct sl_model_price *price)
 {
 	static const char *const keys[] = { "input", "output", "cached_input", "cache_write",
-		                            "cache_write_1h", NULL };
+		                            "cache_write_1h", "image", NULL };
 	json_t *p;
 	int rc = read_object(ld, obj, "price", false, &p);
 	if (rc || !p)
@@ -1050,7 +1050,8 @@ static int parse_price(struct loader *ld, json_t *obj, struct sl_model_price *pr
 	    (rc = read_price_field(ld, p, "cache_write", SL_PRICE_CACHE_WRITE, &price->cache_write,
 	                           price)) ||
 	    (rc = read_price_field(ld, p, "cache_write_1h", SL_PRICE_CACHE_WRITE_1H,
-	                           &price->cache_write_1h, price)))
+	                           &price->cache_write_1h, price)) ||
+	    (rc = read_price_field(ld, p, "image", SL_PRICE_IMAGE, &price->image, price)))
 		return rc;
 	if (!(price->fields_set & SL_PRICE_CACHE_WRITE_1H))
 		price->cache_write_1h = price->cache_write;
@@ -1342,6 +1343,7 @@ static json_t *model_json(const struct sl_model_config *m)
 			  offsetof(struct sl_model_price, cache_write) },
 			{ "cache_write_1h", SL_PRICE_CACHE_WRITE_1H,
 			  offsetof(struct sl_model_price, cache_write_1h) },
+			{ "image", SL_PRICE_IMAGE, offsetof(struct sl_model_price, image) },
 		};
 		json_t *pricing = json_object();
 		rc |= json_object_set_new(pricing, "currency", json_string("USD"));

@@ -195,6 +195,14 @@ int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint6
 	return sum > INT64_MAX ? INT64_MAX : (int64_t)sum;
 }
 
+int64_t sl_credit_image_cost(const struct sl_model_price *price, uint64_t images)
+{
+	if (!price->set || price->image <= 0)
+		return 0;
+	unsigned __int128 x = (unsigned __int128)images * (uint64_t)price->image * SL_PICO_PER_MICRO;
+	return x > INT64_MAX ? INT64_MAX : (int64_t)x;
+}
+
 int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot)
 {
 	SL_ASSERT(slot < c->slots);

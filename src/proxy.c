@@ -650,9 +650,13 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 		}
 		rec.output_tokens = SL_MAX(rec.output_tokens, out);
 	}
+	rec.images = c->cx.images;
 	rec.cost_pico_usd =
 	    sl_credit_cost(&model->price, rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
 	                   rec.cache_write_tokens, rec.cache_write_1h_tokens);
+	int64_t images_cost = sl_credit_image_cost(&model->price, rec.images);
+	rec.cost_pico_usd = images_cost > INT64_MAX - rec.cost_pico_usd ? INT64_MAX
+	                                                                 : rec.cost_pico_usd + images_cost;
 	if (c->cx.credit_held) {
 		sl_credit_settle(r->gate->credit, c->cx.key.slot, c->cx.credit_hold, c->cx.credit_plan,
 		                 rec.cost_pico_usd, sl_gate_unix_ms(r->gate, r->now_ms));
@@ -2169,6 +2173,55 @@ static bool relay_body(struct sl_reactor *r, struct sl_conn *u, struct sl_conn *
 	return kept;
 }
 
+/* The images of an images/generations response: its "url" and "b64_json"
+ * keys (a quote right after a backslash is escaped: not a key), counted as
+ * the bytes pass, a key cut between two pieces included. */
+static const struct sl_str image_keys[] = { { "\"url\"", 5 }, { "\"b64_json\"", 10 } };
+#define IMAGE_KEY_MAX 10
+
+static uint32_t image_keys_in(const char *p, size_t n, char before)
+{
+	uint32_t found = 0;
+	for (size_t k = 0; k < SL_ARRAY_LEN(image_keys); k++) {
+		const char *key = image_keys[k].ptr;
+		size_t kl = image_keys[k].len;
+		for (const char *q = p; (q = memmem(q, (size_t)(p + n - q), key, kl)) != NULL; q++)
+			if ((q == p ? before : q[-1]) != '\\')
+				found++;
+	}
+	return found;
+}
+
+static void count_images(struct sl_conn *c, const char *data, size_t len)
+{
+	char win[2 * IMAGE_KEY_MAX];
+	size_t t = c->cx.img_tail_len, head = SL_MIN(len, (size_t)IMAGE_KEY_MAX - 1);
+	if (t) {
+		/* keys that start in the last piece's tail and end in this one */
+		memcpy(win, c->cx.img_tail, t);
+		memcpy(win + t, data, head);
+		size_t whole = t + head;
+		for (size_t k = 0; k < SL_ARRAY_LEN(image_keys); k++)
+			for (size_t i = 0; i < t; i++)
+				if (i + image_keys[k].len > t && i + image_keys[k].len <= whole &&
+				    memcmp(win + i, image_keys[k].ptr, image_keys[k].len) == 0 &&
+				    (i == 0 || win[i - 1] != '\\'))
+					c->cx.images++;
+	}
+	c->cx.images += image_keys_in(data, len, t ? c->cx.img_tail[t - 1] : 0);
+	/* keep the last IMAGE_KEY_MAX - 1 bytes for a key cut at the end */
+	size_t keep = IMAGE_KEY_MAX - 1;
+	if (len >= keep) {
+		memcpy(c->cx.img_tail, data + len - keep, keep);
+		c->cx.img_tail_len = (uint8_t)keep;
+	} else {
+		size_t from_old = SL_MIN((size_t)t, keep - len);
+		memmove(c->cx.img_tail, c->cx.img_tail + t - from_old, from_old);
+		memcpy(c->cx.img_tail + from_old, data, len);
+		c->cx.img_tail_len = (uint8_t)(from_old + len);
+	}
+}
+
 /* The upstream's response bytes pass the usage scanner; their count and,
  * for an event stream, the number of events are kept for the estimate a
  * response cut short is billed by (usage_log_record). */
@@ -2176,6 +2229,8 @@ static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *d
 {
 	sl_usage_scanner_feed(&c->cx.usage_scan, data, len, &c->cx.usage);
 	c->cx.relayed_bytes += len;
+	if (c->cx.route == SL_ROUTE_IMAGES_GENERATIONS && len)
+		count_images(c, data, len);
 	if (!u->ux.is_sse)
 		return;
 	/* an event ends with a blank line: "\n\n", maybe split across pieces */

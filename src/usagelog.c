@@ -78,10 +78,11 @@ static uint64_t get_u64(const uint8_t *p)
  *  56  u64 cache_write_1h (of cache_write)
  *  64  i64 cost_pico_usd
  *  72  u8[16] ip
- *  88  five strings, each u8 length + bytes: request_id, key_id, model,
+ *  88  u32 images      92 u32 zero
+ *  96  five strings, each u8 length + bytes: request_id, key_id, model,
  *      provider, upstream_model
  */
-#define REC_FIXED 88
+#define REC_FIXED 96
 #define REC_STRINGS 5
 
 static const struct sl_ustr *rec_string(const struct sl_usage_record *rec, int i)
@@ -117,6 +118,8 @@ int sl_usage_record_encode(const struct sl_usage_record *rec, uint8_t *out, size
 	put_u64(out + 56, rec->cache_write_1h_tokens);
 	put_u64(out + 64, (uint64_t)rec->cost_pico_usd);
 	memcpy(out + 72, rec->ip, 16);
+	put_u32(out + 88, rec->images);
+	put_u32(out + 92, 0);
 	size_t off = REC_FIXED;
 	for (int i = 0; i < REC_STRINGS; i++) {
 		const struct sl_ustr *s = rec_string(rec, i);
@@ -150,6 +153,9 @@ int sl_usage_record_decode(const uint8_t *p, size_t len, struct sl_usage_record 
 	rec->cache_write_1h_tokens = get_u64(p + 56);
 	rec->cost_pico_usd = (int64_t)get_u64(p + 64);
 	memcpy(rec->ip, p + 72, 16);
+	rec->images = get_u32(p + 88);
+	if (get_u32(p + 92) != 0)
+		return -EINVAL;
 	struct sl_ustr *s[REC_STRINGS] = { &rec->request_id, &rec->key_id, &rec->model,
 		                           &rec->provider, &rec->upstream_model };
 	size_t off = REC_FIXED;

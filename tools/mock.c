@@ -415,6 +415,7 @@ enum endpoint {
 	EP_CHAT,
 	EP_COMPLETIONS,
 	EP_EMBEDDINGS,
+	EP_IMAGES,
 	EP_MODELS,
 	EP_MODEL,
 	EP_MESSAGES,
@@ -488,6 +489,8 @@ struct job {
 	uint64_t cache_write_1h; /* of cache_write: x-mock-cache-write-1h */
 	uint64_t input_tokens;
 	uint64_t embed_inputs;
+	uint64_t images;        /* images/generations "n" (1) */
+	bool images_b64;        /* response_format "b64_json" */
 	uint64_t embed_dims;
 	uint64_t id;
 	uint64_t created;
@@ -1387,6 +1390,34 @@ static void respond_embeddings(struct conn *c)
 	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
 }
 
+/* OpenAI's images/generations answer, DALL-E style: "n" images as URLs, or
+ * as base64 PNGs with response_format b64_json (a 1x1 PNG here). */
+#define IMAGES_MAX 10
+static void respond_images(struct conn *c)
+{
+	const struct job *j = &c->job;
+	struct buf *b = &c->w->sb;
+	b->len = 0;
+	PUT_LIT(b, "{\"created\":1763800000,\"data\":[");
+	for (uint64_t i = 0; i < j->images; i++) {
+		if (i)
+			put_ch(b, ',');
+		if (j->images_b64) {
+			PUT_LIT(b, "{\"revised_prompt\":\"A mock image, as asked: \\\"url\\\"\","
+			           "\"b64_json\":\"iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQV"
+			           "R42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==\"}");
+		} else {
+			PUT_LIT(b, "{\"revised_prompt\":\"A mock image\",\"url\":\"https://images.mock.invalid/");
+			put_u64(b, j->id);
+			put_ch(b, '-');
+			put_u64(b, i);
+			PUT_LIT(b, ".png\"}");
+		}
+	}
+	PUT_LIT(b, "]}");
+	send_body(c, 200, CT_JSON, b, j->disconnect_after >= 0);
+}
+
 static const char *const g_model_ids[] = {
 	"gpt-4o-mini", "gpt-4o", "gpt-4.1", "text-embedding-3-small", "mock-model",
 };
@@ -1927,6 +1958,9 @@ static void respond_start(struct conn *c)
 	case EP_EMBEDDINGS:
 		respond_embeddings(c);
 		break;
+	case EP_IMAGES:
+		respond_images(c);
+		break;
 	case EP_MODELS:
 	case EP_MODEL:
 		respond_models(c);
@@ -1948,6 +1982,7 @@ static void job_init(struct conn *c)
 	j->tokens = TOKENS_DEFAULT;
 	j->max_tokens = UINT64_MAX;
 	j->embed_inputs = 1;
+	j->images = 1;
 	j->embed_dims = EMBED_DIMS_DEFAULT;
 	memcpy(j->model, "mock-model", 10);
 	j->model_len = 10;
@@ -1975,6 +2010,7 @@ static const struct route g_routes[] = {
 	ROUTE("/v1/messages", SL_METHOD_POST, EP_MESSAGES),
 	ROUTE("/v1/completions", SL_METHOD_POST, EP_COMPLETIONS),
 	ROUTE("/v1/embeddings", SL_METHOD_POST, EP_EMBEDDINGS),
+	ROUTE("/v1/images/generations", SL_METHOD_POST, EP_IMAGES),
 	ROUTE("/v1/messages/count_tokens", SL_METHOD_POST, EP_COUNT_TOKENS),
 	ROUTE("/v1/models", SL_METHOD_GET, EP_MODELS),
 	ROUTE("/mock/stats", SL_METHOD_GET, EP_STATS),
@@ -2282,6 +2318,10 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 	int r;
 	while ((r = js_obj_next(&o, &k, &v)) > 0) {
 		switch (k.len) {
+		case 1:
+			if (STR_IS(k, "n") && j->ep == EP_IMAGES)
+				js_uint(v, IMAGES_MAX, &j->images);
+			break;
 		case 4:
 			if (STR_IS(k, "stop") && (j->ep == EP_CHAT || j->ep == EP_COMPLETIONS))
 				scan_stops(j, v);
@@ -2326,6 +2366,8 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 		case 15:
 			if (STR_IS(k, "encoding_format"))
 				j->embed_base64 = STR_IS(v, "\"base64\"");
+			else if (STR_IS(k, "response_format") && j->ep == EP_IMAGES)
+				j->images_b64 = STR_IS(v, "\"b64_json\"");
 			break;
 		case 16:
 			if (STR_IS(k, "reasoning_effort") && j->ep == EP_CHAT)

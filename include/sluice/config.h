@@ -91,6 +91,7 @@ enum sl_price_field {
 	SL_PRICE_CACHED_INPUT = 1u << 2,
 	SL_PRICE_CACHE_WRITE = 1u << 3,
 	SL_PRICE_CACHE_WRITE_1H = 1u << 4,
+	SL_PRICE_IMAGE = 1u << 5,
 };
 
 /* Prices in integer micro-dollars per 1M tokens ("2.50" -> 2500000). A field
@@ -103,6 +104,7 @@ struct sl_model_price {
 	 * cache_write_1h: its 1-hour ones (not set: at cache_write) */
 	int64_t cache_write;
 	int64_t cache_write_1h;
+	int64_t image; /* micro-dollars per generated image (images routes) */
 	bool set;            /* the model has a "price" object */
 	uint32_t fields_set; /* SL_PRICE_* bits */
 };

@@ -119,6 +119,9 @@ struct sl_model_price;
 int64_t sl_credit_cost(const struct sl_model_price *price, uint64_t input, uint64_t output,
                        uint64_t cache_read, uint64_t cache_write, uint64_t cache_write_1h);
 
+/* sl_credit_image_cost: images at the model's per-image price, pico-dollars. */
+int64_t sl_credit_image_cost(const struct sl_model_price *price, uint64_t images);
+
 /* sl_credit_available: what the key may still spend now (the balance less
  * outstanding holds). */
 int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot);

@@ -228,6 +228,9 @@ struct sl_conn {
 		bool credit_held;         /* credit.h: settle credit_hold at the end */
 		int64_t credit_hold;
 		uint32_t credit_plan;     /* paid by plan window credit_plan - 1; 0: the balance */
+		uint32_t images;          /* images/generations: images in the response */
+		uint8_t img_tail_len;
+		char img_tail[10];        /* the last bytes of the previous piece */
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */

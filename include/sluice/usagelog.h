@@ -74,6 +74,7 @@ struct sl_usage_record {
 	uint64_t cache_read_tokens;
 	uint64_t cache_write_tokens;    /* all cache writes (Anthropic: 5-minute + 1-hour) */
 	uint64_t cache_write_1h_tokens; /* of which 1-hour ones */
+	uint32_t images;                /* images generated (images routes) */
 	int64_t cost_pico_usd; /* exact: tokens x micro-dollars per 1M (common.h) */
 	uint8_t ip_family; /* 0: unknown, 4 or 6 */
 	uint8_t ip[16];    /* 4 bytes for IPv4 */

@@ -271,6 +271,35 @@ def live_request_ids(data_dir):
     return out
 
 
+@test(env="usage", fresh=True, timeout=60)
+def images_priced_per_image(e):
+    g = Gateway(e, "usage-images", {"models": {"dall-e-3": {
+        "targets": [{"provider": "mock-openai", "model": "dall-e-3"}],
+        "price": {"image": "0.04"}}}})
+    try:
+        g.start()
+        ids = {}
+        with Conn(g.server.addr) as c:
+            for name, body in (("urls", {"model": "dall-e-3", "prompt": "a cat", "n": 3}),
+                               ("b64", {"model": "dall-e-3", "prompt": "a cat", "n": 2,
+                                        "response_format": "b64_json"})):
+                c.send(build_request("POST", "/v1/images/generations", json.dumps(body).encode(),
+                                     dict(AUTH, **{"Content-Type": "application/json"})))
+                r = c.read_response()
+                expect(r.status == 200 and len(r.json()["data"]) == body["n"],
+                       f"images {name}: {r.status} {r.body[:200]}")
+                ids[name] = r.header("x-request-id")
+        g.stop()
+        recs = read_log(g.data_dir)
+        # (the b64 answer's revised_prompt holds an escaped \"url\": not an image)
+        for name, n in (("urls", 3), ("b64", 2)):
+            r = recs[ids[name]]
+            expect(r["images"] == n and r["cost"] == n * 40000 * 1_000_000,
+                   f"images {name}: {r['images']} images, cost {r['cost']} (expected {n} at $0.04)")
+    finally:
+        g.cleanup()
+
+
 @test(env="usage", fresh=True, timeout=240)
 def sigkill_under_load_loses_nothing_written_and_duplicates_nothing(e):
     """Five rounds. Load on both reactors; a pause in which every answered

@@ -26,11 +26,12 @@ FLAG_STREAM, FLAG_ESTIMATED, FLAG_REFUSED = 1, 2, 4
 
 
 def parse_record(p):
-    fixed = struct.unpack_from("<BBBBHBBQIIQQQQQq16s", p, 0)
+    fixed = struct.unpack_from("<BBBBHBBQIIQQQQQq16sII", p, 0)
     (version, route, flags, attempts, status, ip_family, zero, t_ms, ttfb, total,
-     inp, out, cread, cwrite, cwrite_1h, cost, ip) = fixed
+     inp, out, cread, cwrite, cwrite_1h, cost, ip, images, zero2) = fixed
+    assert zero2 == 0, "record padding"
     assert version == 1 and zero == 0, f"record version {version}"
-    off = 88
+    off = 96
     strs = []
     for _ in range(5):
         n = p[off]
@@ -40,7 +41,7 @@ def parse_record(p):
     return {"route": route, "flags": flags, "attempts": attempts, "status": status,
             "ip_family": ip_family, "time_ms": t_ms, "ttfb_ms": ttfb, "total_ms": total,
             "input": inp, "output": out, "cache_read": cread, "cache_write": cwrite,
-            "cache_write_1h": cwrite_1h,
+            "cache_write_1h": cwrite_1h, "images": images,
             "cost": cost, "ip": ip, "request_id": strs[0], "key_id": strs[1], "model": strs[2],
             "provider": strs[3], "upstream_model": strs[4]}
 

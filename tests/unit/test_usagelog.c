@@ -92,6 +92,7 @@ static void make_record(uint64_t i, struct sl_usage_record *rec, struct rec_text
 	rec->cache_read_tokens = i / 2;
 	rec->cache_write_tokens = i % 11;
 	rec->cache_write_1h_tokens = i % 5;
+	rec->images = i % 3;
 	rec->cost_pico_usd = i % 5 ? (int64_t)(i * 123) : -(int64_t)i - 1;
 	rec->ip_family = (uint8_t)(i % 3 == 0 ? 4 : i % 3 == 1 ? 6 : 0);
 	if (rec->ip_family)
@@ -116,7 +117,7 @@ static bool rec_eq(const struct sl_usage_record *a, const struct sl_usage_record
 	       a->total_ms == b->total_ms && a->input_tokens == b->input_tokens &&
 	       a->output_tokens == b->output_tokens && a->cache_read_tokens == b->cache_read_tokens &&
 	       a->cache_write_tokens == b->cache_write_tokens &&
-	       a->cache_write_1h_tokens == b->cache_write_1h_tokens &&
+	       a->cache_write_1h_tokens == b->cache_write_1h_tokens && a->images == b->images &&
 	       a->cost_pico_usd == b->cost_pico_usd && a->ip_family == b->ip_family &&
 	       memcmp(a->ip, b->ip, 16) == 0 && ustr_eq(a->request_id, b->request_id) &&
 	       ustr_eq(a->key_id, b->key_id) && ustr_eq(a->model, b->model) &&
@@ -474,7 +475,7 @@ TEST(record_decode_refuses_bad_payloads)
 	CHECK_EQ_INT(sl_usage_record_decode(junk, sizeof junk, &back), -EINVAL);
 	/* version 1 but a string length running past the end */
 	memcpy(junk, buf, (size_t)n);
-	junk[88] = 250; /* the first string's length byte */
+	junk[96] = 250; /* the first string's length byte */
 	CHECK_EQ_INT(sl_usage_record_decode(junk, (size_t)n, &back), -EINVAL);
 	/* and a pseudo-random flood, version byte set: refused or accepted, never a crash */
 	uint64_t x = 0x9e3779b97f4a7c15ull;
