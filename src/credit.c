@@ -7,9 +7,13 @@
 #include "sluice/usagelog.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 _Static_assert(sizeof(struct sl_credit_slot) == 64, "one cache line per key");
 
@@ -210,10 +214,192 @@ int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot)
 	                            memory_order_acquire);
 }
 
+/* --- credits.state -------------------------------------------------------------- */
+
+#define SNAP_MAGIC "SLCRED01"
+#define SNAP_ENTRY_FIXED (8 + 4 + 4 + 8 + 8 + 8 + 4 + 8) /* after the id */
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int sl_credit_snapshot_write(const char *path, const struct sl_credit_snapshot *s)
+{
+	size_t len = 8 + 4 + 8 * (size_t)s->cores + 8 + 4;
+	for (size_t i = 0; i < s->num; i++)
+		len += 1 + strlen(s->e[i].id) + SNAP_ENTRY_FIXED;
+	uint8_t *b = malloc(len), *p = b;
+	if (!b)
+		return -ENOMEM;
+	memcpy(p, SNAP_MAGIC, 8), p += 8;
+	put32(p, s->cores), p += 4;
+	for (uint32_t i = 0; i < s->cores; i++)
+		put64(p, s->next_seq[i]), p += 8;
+	put64(p, s->num), p += 8;
+	for (size_t i = 0; i < s->num; i++) {
+		const struct sl_credit_snap_entry *e = &s->e[i];
+		size_t n = strlen(e->id);
+		*p++ = (uint8_t)n;
+		memcpy(p, e->id, n), p += n;
+		put64(p, (uint64_t)e->total), p += 8;
+		put32(p, e->day_id), p += 4;
+		put32(p, e->month_id), p += 4;
+		put64(p, (uint64_t)e->day), p += 8;
+		put64(p, (uint64_t)e->month), p += 8;
+		put64(p, e->plan_window_ms), p += 8;
+		put32(p, e->plan_id), p += 4;
+		put64(p, (uint64_t)e->plan_used), p += 8;
+	}
+	put32(p, sl_crc32c(b, (size_t)(p - b))), p += 4;
+	SL_ASSERT((size_t)(p - b) == len);
+	char tmp[PATH_MAX];
+	int rc = 0;
+	if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+		free(b);
+		return -ENAMETOOLONG;
+	}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		free(b);
+		return -errno;
+	}
+	for (size_t off = 0; off < len && rc == 0;) {
+		ssize_t w = write(fd, b + off, len - off);
+		if (w < 0 && errno != EINTR)
+			rc = -errno;
+		else if (w > 0)
+			off += (size_t)w;
+	}
+	if (rc == 0 && fsync(fd) != 0)
+		rc = -errno;
+	close(fd);
+	free(b);
+	if (rc == 0 && rename(tmp, path) != 0)
+		rc = -errno;
+	if (rc != 0) {
+		unlink(tmp);
+		return rc;
+	}
+	/* the directory entry too */
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = '\0';
+	int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		if (fsync(dfd) != 0)
+			rc = -errno;
+		close(dfd);
+	}
+	return rc;
+}
+
+void sl_credit_snapshot_free(struct sl_credit_snapshot *s)
+{
+	free(s->next_seq);
+	free(s->e);
+	memset(s, 0, sizeof *s);
+}
+
+int sl_credit_snapshot_read(const char *path, struct sl_credit_snapshot *s)
+{
+	memset(s, 0, sizeof *s);
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return -errno;
+	uint8_t *b = NULL;
+	size_t len = 0, cap = 0;
+	for (;;) {
+		if (len == cap) {
+			cap = cap ? cap * 2 : 4096;
+			uint8_t *m = realloc(b, cap);
+			if (!m) {
+				free(b);
+				fclose(f);
+				return -ENOMEM;
+			}
+			b = m;
+		}
+		size_t got = fread(b + len, 1, cap - len, f);
+		len += got;
+		if (got == 0)
+			break;
+	}
+	fclose(f);
+	int rc = -EBADMSG;
+	const uint8_t *p = b, *end = b + len;
+	if (len < 8 + 4 + 8 + 4 || memcmp(p, SNAP_MAGIC, 8) != 0 ||
+	    get32(end - 4) != sl_crc32c(b, len - 4))
+		goto out;
+	end -= 4;
+	p += 8;
+	s->cores = get32(p), p += 4;
+	if (s->cores > 4096 || (size_t)(end - p) < 8 * (size_t)s->cores + 8)
+		goto out;
+	if (!(s->next_seq = calloc(s->cores ? s->cores : 1, sizeof *s->next_seq))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < s->cores; i++)
+		s->next_seq[i] = get64(p), p += 8;
+	uint64_t num = get64(p);
+	p += 8;
+	if (num > (uint64_t)(end - p) / (1 + SNAP_ENTRY_FIXED))
+		goto out;
+	if (!(s->e = calloc(num ? num : 1, sizeof *s->e))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (s->num = 0; s->num < num; s->num++) {
+		struct sl_credit_snap_entry *e = &s->e[s->num];
+		if (p >= end || (size_t)(end - p) < 1u + *p + SNAP_ENTRY_FIXED)
+			goto out;
+		size_t n = *p++;
+		memcpy(e->id, p, n), p += n;
+		e->id[n] = '\0';
+		e->total = (int64_t)get64(p), p += 8;
+		e->day_id = get32(p), p += 4;
+		e->month_id = get32(p), p += 4;
+		e->day = (int64_t)get64(p), p += 8;
+		e->month = (int64_t)get64(p), p += 8;
+		e->plan_window_ms = get64(p), p += 8;
+		e->plan_id = get32(p), p += 4;
+		e->plan_used = (int64_t)get64(p), p += 8;
+	}
+	rc = p == end ? 0 : -EBADMSG;
+out:
+	free(b);
+	if (rc != 0)
+		sl_credit_snapshot_free(s);
+	return rc;
+}
+
 /* --- replay ------------------------------------------------------------------------ */
 
 struct spent_entry {
-	char id[SL_ULOG_STR_MAX + 1]; /* "": free */
+	char id[SL_CREDIT_ID_MAX + 1]; /* "": free */
 	struct sl_credit_spent s;
 };
 
@@ -224,6 +410,7 @@ struct replay {
 	int err;
 	sl_credit_plan_fn plan;
 	void *arg;
+	uint64_t from_seq; /* of the segment's core: records below are in the base */
 };
 
 static uint64_t id_hash(const char *p, size_t n)
@@ -267,9 +454,8 @@ static struct spent_entry *replay_slot(struct replay *rp, const char *id, size_t
 
 static int replay_visit(void *arg, uint64_t seq, const struct sl_usage_record *rec)
 {
-	(void)seq;
 	struct replay *rp = arg;
-	if (rec->key_id.len == 0 || rec->cost_pico_usd == 0)
+	if (seq < rp->from_seq || rec->key_id.len == 0 || rec->cost_pico_usd == 0)
 		return 0;
 	struct spent_entry *e = replay_slot(rp, rec->key_id.p, rec->key_id.len);
 	if (!e) {
@@ -294,23 +480,42 @@ static int replay_visit(void *arg, uint64_t seq, const struct sl_usage_record *r
 	return 0;
 }
 
-int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit,
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms,
+                         const struct sl_credit_snapshot *base, sl_credit_visit_fn visit,
                          sl_credit_plan_fn plan, void *arg)
 {
-	struct sl_ulog_segment *segs;
-	size_t n;
+	struct sl_ulog_segment *segs = NULL;
+	size_t n = 0;
 	int rc = sl_ulog_list(dir, &segs, &n);
 	if (rc == -ENOENT)
-		return 0;
+		rc = 0;
 	if (rc != 0)
 		return rc;
 	struct replay rp = { .day = sl_credit_day_id(now_unix_ms),
 		             .month = sl_credit_month_id(now_unix_ms),
 		             .plan = plan,
 		             .arg = arg };
+	for (size_t i = 0; base && i < base->num && rc == 0; i++) {
+		const struct sl_credit_snap_entry *b = &base->e[i];
+		struct spent_entry *e = replay_slot(&rp, b->id, strlen(b->id));
+		if (!e) {
+			rc = -ENOMEM;
+			break;
+		}
+		e->s.total += b->total;
+		if (b->day_id == rp.day)
+			e->s.day += b->day;
+		if (b->month_id == rp.month)
+			e->s.month += b->month;
+		if (plan && b->plan_used && b->plan_window_ms)
+			plan(arg, b->id, b->plan_id * b->plan_window_ms, b->plan_used);
+	}
 	int64_t records = 0;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct sl_ulog_scan sc;
+		rp.from_seq = base && segs[i].core < base->cores ? base->next_seq[segs[i].core] : 0;
+		if (i + 1 < n && segs[i + 1].core == segs[i].core && segs[i + 1].first_seq <= rp.from_seq)
+			continue; /* wholly in the base */
 		rc = sl_ulog_scan_file(segs[i].path, UINT64_MAX, &sc, replay_visit, &rp);
 		if (rc > 0)
 			rc = rp.err;

@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -393,13 +395,32 @@ static void credit_load_plan(void *arg, const char *key_id, uint64_t admitted_un
 		sl_credit_plan_add(cl->g->credit, e->slot, window, cost);
 }
 
+static void state_path(const struct sl_gate *g, char *out, size_t len)
+{
+	snprintf(out, len, "%s/%s", g->config->data_dir, SL_CREDIT_STATE_NAME);
+}
+
 int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, size_t msg_len)
 {
 	struct credit_load cl = { .g = g, .now = sl_gate_unix_ms(g, clock_ms(CLOCK_MONOTONIC)) };
 	cl.seen = calloc((g->credit->slots + 7) / 8, 1);
 	if (!cl.seen)
 		return -ENOMEM;
-	int64_t records = usage_dir ? sl_credit_replay(usage_dir, cl.now, credit_load_visit, credit_load_plan, &cl) : 0;
+	/* credits.state, if a clean stop left one, spares reading the log
+	 * it summarises */
+	char path[PATH_MAX];
+	state_path(g, path, sizeof path);
+	struct sl_credit_snapshot base;
+	int src = usage_dir ? sl_credit_snapshot_read(path, &base) : -ENOENT;
+	if (src != 0 && src != -ENOENT)
+		fprintf(stderr, "sluice: %s: %s: replaying the whole usage log\n", path,
+		        src == -EBADMSG ? "damaged" : strerror(-src));
+	int64_t records = usage_dir ? sl_credit_replay(usage_dir, cl.now, src == 0 ? &base : NULL,
+	                                               credit_load_visit, credit_load_plan, &cl)
+	                            : 0;
+	size_t base_keys = src == 0 ? base.num : 0;
+	if (src == 0)
+		sl_credit_snapshot_free(&base);
 	if (records < 0) {
 		free(cl.seen);
 		snprintf(msg, msg_len, "cannot replay the usage log: %s", strerror((int)-records));
@@ -416,8 +437,45 @@ int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, siz
 			                      &none, cl.now);
 	}
 	free(cl.seen);
-	snprintf(msg, msg_len, "balances: %lld usage records replayed", (long long)records);
+	snprintf(msg, msg_len, "balances: %s%lld usage records replayed",
+	         src == 0 ? "credits.state + " : "", (long long)records);
+	(void)base_keys;
 	return 0;
+}
+
+int sl_gate_credit_save(struct sl_gate *g, const uint64_t *next_seq, uint32_t cores)
+{
+	struct sl_gate_snapshot *s = atomic_load(&g->snap);
+	uint32_t n = s->keys ? sl_keytab_num(s->keys) : 0;
+	struct sl_credit_snapshot snap = { .cores = cores, .next_seq = (uint64_t *)next_seq };
+	snap.e = calloc(n ? n : 1, sizeof *snap.e);
+	if (!snap.e)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct sl_keytab_entry *e = sl_keytab_at(s->keys, i);
+		if (e->slot >= g->credit->slots)
+			continue;
+		const struct sl_credit_slot *cs = &g->credit->slot[e->slot];
+		struct sl_credit_snap_entry *o = &snap.e[snap.num++];
+		snprintf(o->id, sizeof o->id, "%s", e->id);
+		/* no hold is out at a clean stop: what is not available was spent */
+		o->total = cs->balance_seen - atomic_load(&cs->available);
+		o->day_id = atomic_load(&cs->day_id);
+		o->day = atomic_load(&cs->day_spent);
+		o->month_id = atomic_load(&cs->month_id);
+		o->month = atomic_load(&cs->month_spent);
+		uint16_t t = e->slot < s->num_slots ? s->tier_plus1[e->slot] : 0;
+		if (t && g->config->tiers[t - 1].plan_credits_pico_usd) {
+			o->plan_window_ms = (uint64_t)g->config->tiers[t - 1].plan_window_hours * 3600000;
+			o->plan_id = atomic_load(&cs->plan_id);
+			o->plan_used = atomic_load(&cs->plan_used);
+		}
+	}
+	char path[PATH_MAX];
+	state_path(g, path, sizeof path);
+	int rc = sl_credit_snapshot_write(path, &snap);
+	free(snap.e);
+	return rc;
 }
 
 /* --- the request path ----------------------------------------------------------------- */

@@ -111,7 +111,17 @@ static int64_t *spent_load(const struct sl_keystore *ks, const char *data_dir)
 	struct spent_ctx x = { ks, spent };
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
-	if (sl_credit_replay(dir, (uint64_t)now.tv_sec * 1000, spent_visit, NULL, &x) < 0) {
+	/* what a clean stop summarised, then the records after it */
+	char state[PATH_MAX];
+	struct sl_credit_snapshot base;
+	bool have_base = (size_t)snprintf(state, sizeof state, "%s/%s", data_dir,
+	                                  SL_CREDIT_STATE_NAME) < sizeof state &&
+	                 sl_credit_snapshot_read(state, &base) == 0;
+	int64_t rc = sl_credit_replay(dir, (uint64_t)now.tv_sec * 1000, have_base ? &base : NULL,
+	                              spent_visit, NULL, &x);
+	if (have_base)
+		sl_credit_snapshot_free(&base);
+	if (rc < 0) {
 		free(spent);
 		return NULL;
 	}

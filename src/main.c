@@ -5,6 +5,7 @@
  * waits for signals: SIGTERM/SIGINT drain in-flight exchanges and exit 0.
  */
 #include "sluice/config.h"
+#include "sluice/credit.h"
 #include "sluice/gate.h"
 #include "sluice/keys.h"
 #include "sluice/usagelog.h"
@@ -290,11 +291,24 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		struct sl_msg msg = { .type = SL_MSG_SHUTDOWN };
 		sl_reactor_post(&reactors[i], &msg);
 	}
+	bool logs_clean = cfg->usage_log.enabled;
+	uint64_t *next_seq = calloc(n, sizeof *next_seq);
 	for (uint32_t i = 0; i < n; i++) {
 		pthread_join(reactors[i].thread, NULL);
+		logs_clean = logs_clean && reactors[i].ulog_clean;
+		if (next_seq)
+			next_seq[i] = reactors[i].ulog_next_seq;
 		sl_reactor_destroy(&reactors[i]);
 	}
 	free(reactors);
+	/* every record is on disk: summarise them for the next start */
+	if (logs_clean && next_seq) {
+		int src = sl_gate_credit_save(gate, next_seq, n);
+		if (src)
+			fprintf(stderr, "sluice: cannot write %s: %s (the next start replays the log)\n",
+			        SL_CREDIT_STATE_NAME, strerror(-src));
+	}
+	free(next_seq);
 	sl_gate_free(gate); /* stops the reconciler; writes limits.state */
 	fprintf(stderr, "sluice: stopped\n");
 	return 0;

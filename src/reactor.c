@@ -853,7 +853,9 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 	io_uring_queue_exit(&r->ring);
 	if (r->ulog) {
 		/* every record of this reactor, written and synced before exit */
+		r->ulog_next_seq = sl_ulog_last_seq(r->ulog) + 1;
 		int urc = sl_ulog_close(r->ulog);
+		r->ulog_clean = urc == 0;
 		r->ulog = NULL;
 		if (urc)
 			fprintf(stderr, "sluice: reactor %u: usage log: records lost at exit: %s\n",

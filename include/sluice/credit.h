@@ -33,6 +33,8 @@
 
 #include <stdatomic.h>
 
+#define SL_CREDIT_ID_MAX 255 /* key ids, as the usage log holds them */
+
 enum sl_credit_refusal {
 	SL_CREDIT_OK = 0,
 	SL_CREDIT_BALANCE,      /* 402 insufficient_balance */
@@ -126,18 +128,53 @@ int64_t sl_credit_image_cost(const struct sl_model_price *price, uint64_t images
  * outstanding holds). */
 int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot);
 
+/* credits.state, in the data directory: what the usage log held up to
+ * per-core seqs, per key, written at a clean stop (when every record is on
+ * disk and no hold is out). A start loads it and replays only the records
+ * after it; it stays valid after a later crash (the log only grows past it),
+ * and lets an operator archive old segments. */
+#define SL_CREDIT_STATE_NAME "credits.state"
+
+struct sl_credit_snap_entry {
+	char id[SL_CREDIT_ID_MAX + 1];
+	int64_t total;               /* paid by the balance, all time */
+	uint32_t day_id, month_id;   /* the day and month of day / month */
+	int64_t day, month;          /* all costs settled in them */
+	uint64_t plan_window_ms;     /* the plan window then (0: none) */
+	uint32_t plan_id;            /* and its index */
+	int64_t plan_used;           /* plan credits spent in it */
+};
+
+struct sl_credit_snapshot {
+	uint32_t cores;
+	uint64_t *next_seq; /* per core: records below are summed here */
+	size_t num;
+	struct sl_credit_snap_entry *e;
+};
+
+/* Writes s to path atomically (a temporary file, fsync, rename, directory
+ * fsync); reads it back, checking its CRC-32C (-ENOENT: none; -EBADMSG:
+ * damaged). */
+int sl_credit_snapshot_write(const char *path, const struct sl_credit_snapshot *s);
+int sl_credit_snapshot_read(const char *path, struct sl_credit_snapshot *s);
+void sl_credit_snapshot_free(struct sl_credit_snapshot *s);
+
 /* sl_credit_replay reads the usage log in dir and sums, per key id, the
  * costs of its records: visit(arg, key_id, spent) once per key seen
  * (spent->total counts what the balance paid; day and month all costs), and
  * plan(arg, key_id, admitted_unix_ms, cost) once per record paid from plan
- * credits (the window of its admission paid for it).
+ * credits (the window of its admission paid for it). With a base snapshot,
+ * its sums are the starting point (plan: one call per entry, at the start
+ * of its window) and only records at or past its seqs are read. Returns the
+ * number of records read.
  * Returns the number of records read, or -errno; damage is skipped (the
  * start-up recovery has cut torn tails already; other damage is reported by
  * `sluice usage verify`). */
 typedef void (*sl_credit_visit_fn)(void *arg, const char *key_id, const struct sl_credit_spent *s);
 typedef void (*sl_credit_plan_fn)(void *arg, const char *key_id, uint64_t admitted_unix_ms,
                                   int64_t cost);
-int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms, sl_credit_visit_fn visit,
+int64_t sl_credit_replay(const char *dir, uint64_t now_unix_ms,
+                         const struct sl_credit_snapshot *base, sl_credit_visit_fn visit,
                          sl_credit_plan_fn plan, void *arg);
 
 #endif

@@ -82,6 +82,11 @@ int sl_gate_create(const struct sl_config *config, uint32_t cores, struct sl_gat
  * for the start-up log goes to msg. 0 or -errno. */
 int sl_gate_credit_load(struct sl_gate *g, const char *usage_dir, char *msg, size_t msg_len);
 
+/* sl_gate_credit_save (at a clean stop, reactors joined, every usage log
+ * closed cleanly) writes credits.state: each key's spending as settled,
+ * which is what the log holds below next_seq[core]. 0 or -errno. */
+int sl_gate_credit_save(struct sl_gate *g, const uint64_t *next_seq, uint32_t cores);
+
 /* sl_gate_start starts the reconciler thread. 0 or -errno. */
 int sl_gate_start(struct sl_gate *g);
 

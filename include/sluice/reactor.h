@@ -298,6 +298,8 @@ struct sl_reactor {
 	_Atomic uint64_t gate_seen;
 	/* this reactor's usage-log writer (NULL: the log is off) */
 	struct sl_ulog *ulog;
+	uint64_t ulog_next_seq; /* at exit: the seq its log would have used next */
+	bool ulog_clean;        /* at exit: every record written and synced */
 	/* x-ratelimit reset times as text (proxy.c reset_text): 0 the window's,
 	 * 1 the day's; a time of 0 is never a reset, so zeroed is empty */
 	uint64_t reset_text_ms[2];

@@ -55,6 +55,10 @@ class Gateway:
         problems = self.server.stop()
         expect(not problems, f"gateway stop: {problems}")
 
+    def log_text(self):
+        with open(self.server.log_path, errors="replace") as f:
+            return f.read()
+
     def topup(self, usd):
         r = keys_cli(self.cfg_path, "topup", self.key_id, usd)
         expect(r.returncode == 0, f"keys topup: {r.returncode} {r.stderr}")
@@ -132,6 +136,56 @@ def prepaid_balance_refused_at_zero_and_derived_across_restart(e):
         g.stop()
         spent2 = costs(g.data_dir)
         expect(spent < spent2 <= 300 * PICO, f"after the top-up: spent {spent2} of 300 micro-dollars")
+    finally:
+        g.cleanup()
+
+
+@test(env="billing", fresh=True, timeout=90)
+def credits_state_summarises_the_log(e):
+    """A clean stop writes credits.state; the next start reads it and only
+    the records after it: the operator may archive the old segments and the
+    balance stays exact. A damaged credits.state is refused (reported) and
+    the whole log replayed instead."""
+    g = Gateway(e, "bill-state", {PREPAID: {"prepaid": True}}, PREPAID)
+    try:
+        g.topup("0.0001")
+        g.start()
+        n = 0
+        while g.chat().status == 200:
+            n += 1
+            expect(n < 1000, "the balance never ran out")
+        g.stop()
+        state = os.path.join(g.data_dir, "credits.state")
+        expect(os.path.exists(state), "no credits.state after a clean stop")
+        spent = costs(g.data_dir)
+        # damaged: refused, and the log (still there) replayed
+        with open(state, "r+b") as f:
+            f.seek(12)
+            f.write(b"\xff")
+        g.start()
+        expect(g.chat().status == 402, "after a damaged credits.state: the balance came back")
+        g.stop()
+        expect("damaged" in g.log_text(), "a damaged credits.state was not reported")
+        # archived segments: only credits.state (rewritten at that stop) knows
+        udir = os.path.join(g.data_dir, "usage")
+        archive = os.path.join(g.tmp, "archive")
+        shutil.move(udir, archive)
+        g.start()
+        r = g.chat()
+        expect(r.status == 402, f"after archiving the log, the spent balance came back: {r.status}")
+        g.topup("0.0001")
+        os.kill(g.server.proc.pid, signal.SIGHUP)
+        deadline = time.time() + 10
+        while g.chat().status == 402 and time.time() < deadline:
+            time.sleep(0.05)
+        more = 1
+        while g.chat().status == 200:
+            more += 1
+            expect(more < 1000, "the top-up never ran out")
+        g.stop()
+        spent2 = spent + costs(g.data_dir)
+        expect(spent2 <= 200 * PICO, f"spent {spent2} of 200 micro-dollars across the archive")
+        expect(spent2 > spent, "the top-up was not spent")
     finally:
         g.cleanup()
 
