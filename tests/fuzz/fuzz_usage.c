@@ -35,7 +35,8 @@ static bool usage_eq(const struct sl_token_usage *a, const struct sl_token_usage
 {
 	return a->input_tokens == b->input_tokens && a->output_tokens == b->output_tokens &&
 	       a->cache_read_tokens == b->cache_read_tokens &&
-	       a->cache_write_tokens == b->cache_write_tokens && a->fields_seen == b->fields_seen;
+	       a->cache_write_tokens == b->cache_write_tokens &&
+	       a->cache_write_1h_tokens == b->cache_write_1h_tokens && a->fields_seen == b->fields_seen;
 }
 
 /* ---- the reference: the definition, read off the whole input ------------- */
@@ -51,6 +52,7 @@ static const struct {
 	{ "cached_tokens", SL_USAGE_CACHE_READ },
 	{ "cache_read_input_tokens", SL_USAGE_CACHE_READ },
 	{ "cache_creation_input_tokens", SL_USAGE_CACHE_WRITE },
+	{ "ephemeral_1h_input_tokens", SL_USAGE_CACHE_WRITE_1H },
 };
 
 static bool ref_space(uint8_t c)
@@ -123,6 +125,8 @@ static struct sl_token_usage reference_scan(const uint8_t *d, size_t n)
 			u.output_tokens = v;
 		else if (field == SL_USAGE_CACHE_READ)
 			u.cache_read_tokens = v;
+		else if (field == SL_USAGE_CACHE_WRITE_1H)
+			u.cache_write_1h_tokens = v;
 		else
 			u.cache_write_tokens = v;
 	}
