@@ -1,6 +1,8 @@
 #include "sluice/common.h"
 
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 void sl_assert_fail(const char *expr, const char *file, int line)
 {
@@ -117,4 +119,37 @@ void sl_format_rfc3339(uint64_t unix_ms, char out[21])
 	put2(out + 17, sec_of_day % 60);
 	out[19] = 'Z';
 	out[20] = '\0';
+}
+
+int sl_write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int sl_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
 }

@@ -219,31 +219,6 @@ int64_t sl_credit_available(const struct sl_credit *c, uint32_t slot)
 #define SNAP_MAGIC "SLCRED01"
 #define SNAP_ENTRY_FIXED (8 + 4 + 4 + 8 + 8 + 8 + 4 + 8) /* after the id */
 
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 int sl_credit_snapshot_write(const char *path, const struct sl_credit_snapshot *s)
 {
 	size_t len = 8 + 4 + 8 * (size_t)s->cores + 8 + 4;
@@ -253,25 +228,25 @@ int sl_credit_snapshot_write(const char *path, const struct sl_credit_snapshot *
 	if (!b)
 		return -ENOMEM;
 	memcpy(p, SNAP_MAGIC, 8), p += 8;
-	put32(p, s->cores), p += 4;
+	sl_put_le32(p, s->cores), p += 4;
 	for (uint32_t i = 0; i < s->cores; i++)
-		put64(p, s->next_seq[i]), p += 8;
-	put64(p, s->num), p += 8;
+		sl_put_le64(p, s->next_seq[i]), p += 8;
+	sl_put_le64(p, s->num), p += 8;
 	for (size_t i = 0; i < s->num; i++) {
 		const struct sl_credit_snap_entry *e = &s->e[i];
 		size_t n = strlen(e->id);
 		*p++ = (uint8_t)n;
 		memcpy(p, e->id, n), p += n;
-		put64(p, (uint64_t)e->total), p += 8;
-		put32(p, e->day_id), p += 4;
-		put32(p, e->month_id), p += 4;
-		put64(p, (uint64_t)e->day), p += 8;
-		put64(p, (uint64_t)e->month), p += 8;
-		put64(p, e->plan_window_ms), p += 8;
-		put32(p, e->plan_id), p += 4;
-		put64(p, (uint64_t)e->plan_used), p += 8;
+		sl_put_le64(p, (uint64_t)e->total), p += 8;
+		sl_put_le32(p, e->day_id), p += 4;
+		sl_put_le32(p, e->month_id), p += 4;
+		sl_put_le64(p, (uint64_t)e->day), p += 8;
+		sl_put_le64(p, (uint64_t)e->month), p += 8;
+		sl_put_le64(p, e->plan_window_ms), p += 8;
+		sl_put_le32(p, e->plan_id), p += 4;
+		sl_put_le64(p, (uint64_t)e->plan_used), p += 8;
 	}
-	put32(p, sl_crc32c(b, (size_t)(p - b))), p += 4;
+	sl_put_le32(p, sl_crc32c(b, (size_t)(p - b))), p += 4;
 	SL_ASSERT((size_t)(p - b) == len);
 	char tmp[PATH_MAX];
 	int rc = 0;
@@ -284,13 +259,7 @@ int sl_credit_snapshot_write(const char *path, const struct sl_credit_snapshot *
 		free(b);
 		return -errno;
 	}
-	for (size_t off = 0; off < len && rc == 0;) {
-		ssize_t w = write(fd, b + off, len - off);
-		if (w < 0 && errno != EINTR)
-			rc = -errno;
-		else if (w > 0)
-			off += (size_t)w;
-	}
+	rc = sl_write_all(fd, b, len);
 	if (rc == 0 && fsync(fd) != 0)
 		rc = -errno;
 	close(fd);
@@ -351,11 +320,11 @@ int sl_credit_snapshot_read(const char *path, struct sl_credit_snapshot *s)
 	int rc = -EBADMSG;
 	const uint8_t *p = b, *end = b + len;
 	if (len < 8 + 4 + 8 + 4 || memcmp(p, SNAP_MAGIC, 8) != 0 ||
-	    get32(end - 4) != sl_crc32c(b, len - 4))
+	    sl_get_le32(end - 4) != sl_crc32c(b, len - 4))
 		goto out;
 	end -= 4;
 	p += 8;
-	s->cores = get32(p), p += 4;
+	s->cores = sl_get_le32(p), p += 4;
 	if (s->cores > 4096 || (size_t)(end - p) < 8 * (size_t)s->cores + 8)
 		goto out;
 	if (!(s->next_seq = calloc(s->cores ? s->cores : 1, sizeof *s->next_seq))) {
@@ -363,8 +332,8 @@ int sl_credit_snapshot_read(const char *path, struct sl_credit_snapshot *s)
 		goto out;
 	}
 	for (uint32_t i = 0; i < s->cores; i++)
-		s->next_seq[i] = get64(p), p += 8;
-	uint64_t num = get64(p);
+		s->next_seq[i] = sl_get_le64(p), p += 8;
+	uint64_t num = sl_get_le64(p);
 	p += 8;
 	if (num > (uint64_t)(end - p) / (1 + SNAP_ENTRY_FIXED))
 		goto out;
@@ -379,14 +348,14 @@ int sl_credit_snapshot_read(const char *path, struct sl_credit_snapshot *s)
 		size_t n = *p++;
 		memcpy(e->id, p, n), p += n;
 		e->id[n] = '\0';
-		e->total = (int64_t)get64(p), p += 8;
-		e->day_id = get32(p), p += 4;
-		e->month_id = get32(p), p += 4;
-		e->day = (int64_t)get64(p), p += 8;
-		e->month = (int64_t)get64(p), p += 8;
-		e->plan_window_ms = get64(p), p += 8;
-		e->plan_id = get32(p), p += 4;
-		e->plan_used = (int64_t)get64(p), p += 8;
+		e->total = (int64_t)sl_get_le64(p), p += 8;
+		e->day_id = sl_get_le32(p), p += 4;
+		e->month_id = sl_get_le32(p), p += 4;
+		e->day = (int64_t)sl_get_le64(p), p += 8;
+		e->month = (int64_t)sl_get_le64(p), p += 8;
+		e->plan_window_ms = sl_get_le64(p), p += 8;
+		e->plan_id = sl_get_le32(p), p += 4;
+		e->plan_used = (int64_t)sl_get_le64(p), p += 8;
 	}
 	rc = p == end ? 0 : -EBADMSG;
 out:

@@ -38,21 +38,6 @@ _Static_assert(SL_KEY_RANDOM_LEN * 5 >= 128, "key text must carry >= 128 bits");
 
 /* --- small I/O helpers --------------------------------------------------------- */
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 /* Reads the whole file at dir_fd/name into a malloc'd buffer. -ENOENT if absent. */
 static int read_file_at(int dir_fd, const char *name, uint8_t **out, size_t *out_len)
@@ -429,7 +414,7 @@ static int journal_append(struct sl_keystore *ks, const struct sl_key *k)
 	off_t end = lseek(ks->journal_fd, 0, SEEK_END);
 	if (end < 0)
 		return -errno;
-	int rc = write_all(ks->journal_fd, framed, framed_len);
+	int rc = sl_write_all(ks->journal_fd, framed, framed_len);
 	if (rc == 0 && fdatasync(ks->journal_fd) < 0)
 		rc = -errno;
 	if (rc < 0) {
@@ -467,11 +452,11 @@ static int compact(struct sl_keystore *ks, bool *out_renamed)
 	if (fd < 0)
 		return -errno;
 	uint8_t framed[FRAME_HEADER_LEN + PAYLOAD_LEN_MAX];
-	int rc = write_all(fd, framed, frame(framed, SNAPSHOT_MAGIC, strlen(SNAPSHOT_MAGIC)));
+	int rc = sl_write_all(fd, framed, frame(framed, SNAPSHOT_MAGIC, strlen(SNAPSHOT_MAGIC)));
 	for (uint32_t i = 0; rc == 0 && i < ks->num_keys; i++) {
 		char payload[PAYLOAD_LEN_MAX];
 		int n = record_format(&ks->keys[i], payload, sizeof(payload));
-		rc = write_all(fd, framed, frame(framed, payload, (size_t)n));
+		rc = sl_write_all(fd, framed, frame(framed, payload, (size_t)n));
 	}
 	if (rc == 0 && fsync(fd) < 0)
 		rc = -errno;
@@ -552,7 +537,7 @@ static int load_secret(struct sl_keystore *ks, bool create)
 	int fd = openat(ks->dir_fd, SECRET_NAME ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	rc = write_all(fd, ks->secret, SL_KEYS_SECRET_LEN);
+	rc = sl_write_all(fd, ks->secret, SL_KEYS_SECRET_LEN);
 	if (rc == 0 && fsync(fd) < 0)
 		rc = -errno;
 	close(fd);

@@ -1200,21 +1200,6 @@ struct state_record {
 };
 
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
 
 struct writer {
 	int fd;
@@ -1229,7 +1214,7 @@ static void writer_frame(struct writer *w, const char *payload, size_t payload_l
 	if (w->rc)
 		return;
 	if (w->len + FRAME_HEADER_LEN + payload_len > WRITE_BUFFER_LEN) {
-		w->rc = write_all(w->fd, w->buf, w->len);
+		w->rc = sl_write_all(w->fd, w->buf, w->len);
 		w->len = 0;
 	}
 	sl_put_le32(w->buf + w->len, (uint32_t)payload_len);
@@ -1280,7 +1265,7 @@ int sl_limiter_save(struct sl_limiter *l, int dir_fd, const char *(*slot_id)(voi
 	}
 	int rc = w.rc;
 	if (rc == 0)
-		rc = write_all(w.fd, w.buf, w.len);
+		rc = sl_write_all(w.fd, w.buf, w.len);
 	if (rc == 0 && fsync(w.fd) < 0)
 		rc = -errno;
 	close(w.fd);

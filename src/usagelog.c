@@ -24,47 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* --- little-endian helpers -------------------------------------------------- */
-
-static void put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get_u16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-	uint32_t v = 0;
-	for (int i = 3; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
 /* --- records ------------------------------------------------------------------ */
 
 /*
@@ -105,21 +64,21 @@ int sl_usage_record_encode(const struct sl_usage_record *rec, uint8_t *out, size
 	out[1] = rec->route;
 	out[2] = rec->flags;
 	out[3] = rec->attempts;
-	put_u16(out + 4, rec->status);
+	sl_put_le16(out + 4, rec->status);
 	out[6] = rec->ip_family;
 	out[7] = 0;
-	put_u64(out + 8, rec->time_unix_ms);
-	put_u32(out + 16, rec->ttfb_ms);
-	put_u32(out + 20, rec->total_ms);
-	put_u64(out + 24, rec->input_tokens);
-	put_u64(out + 32, rec->output_tokens);
-	put_u64(out + 40, rec->cache_read_tokens);
-	put_u64(out + 48, rec->cache_write_tokens);
-	put_u64(out + 56, rec->cache_write_1h_tokens);
-	put_u64(out + 64, (uint64_t)rec->cost_pico_usd);
+	sl_put_le64(out + 8, rec->time_unix_ms);
+	sl_put_le32(out + 16, rec->ttfb_ms);
+	sl_put_le32(out + 20, rec->total_ms);
+	sl_put_le64(out + 24, rec->input_tokens);
+	sl_put_le64(out + 32, rec->output_tokens);
+	sl_put_le64(out + 40, rec->cache_read_tokens);
+	sl_put_le64(out + 48, rec->cache_write_tokens);
+	sl_put_le64(out + 56, rec->cache_write_1h_tokens);
+	sl_put_le64(out + 64, (uint64_t)rec->cost_pico_usd);
 	memcpy(out + 72, rec->ip, 16);
-	put_u32(out + 88, rec->images);
-	put_u32(out + 92, 0);
+	sl_put_le32(out + 88, rec->images);
+	sl_put_le32(out + 92, 0);
 	size_t off = REC_FIXED;
 	for (int i = 0; i < REC_STRINGS; i++) {
 		const struct sl_ustr *s = rec_string(rec, i);
@@ -141,20 +100,20 @@ int sl_usage_record_decode(const uint8_t *p, size_t len, struct sl_usage_record 
 	rec->route = p[1];
 	rec->flags = p[2];
 	rec->attempts = p[3];
-	rec->status = get_u16(p + 4);
+	rec->status = sl_get_le16(p + 4);
 	rec->ip_family = p[6];
-	rec->time_unix_ms = get_u64(p + 8);
-	rec->ttfb_ms = get_u32(p + 16);
-	rec->total_ms = get_u32(p + 20);
-	rec->input_tokens = get_u64(p + 24);
-	rec->output_tokens = get_u64(p + 32);
-	rec->cache_read_tokens = get_u64(p + 40);
-	rec->cache_write_tokens = get_u64(p + 48);
-	rec->cache_write_1h_tokens = get_u64(p + 56);
-	rec->cost_pico_usd = (int64_t)get_u64(p + 64);
+	rec->time_unix_ms = sl_get_le64(p + 8);
+	rec->ttfb_ms = sl_get_le32(p + 16);
+	rec->total_ms = sl_get_le32(p + 20);
+	rec->input_tokens = sl_get_le64(p + 24);
+	rec->output_tokens = sl_get_le64(p + 32);
+	rec->cache_read_tokens = sl_get_le64(p + 40);
+	rec->cache_write_tokens = sl_get_le64(p + 48);
+	rec->cache_write_1h_tokens = sl_get_le64(p + 56);
+	rec->cost_pico_usd = (int64_t)sl_get_le64(p + 64);
 	memcpy(rec->ip, p + 72, 16);
-	rec->images = get_u32(p + 88);
-	if (get_u32(p + 92) != 0)
+	rec->images = sl_get_le32(p + 88);
+	if (sl_get_le32(p + 92) != 0)
 		return -EINVAL;
 	struct sl_ustr *s[REC_STRINGS] = { &rec->request_id, &rec->key_id, &rec->model,
 		                           &rec->provider, &rec->upstream_model };
@@ -184,8 +143,8 @@ static uint32_t frame_crc(const uint8_t *frame, size_t payload_len)
 static void header_make(uint8_t h[SL_ULOG_HEADER_LEN], uint32_t core)
 {
 	memcpy(h, SL_ULOG_MAGIC, 8);
-	put_u32(h + 8, core);
-	put_u32(h + 12, 0);
+	sl_put_le32(h + 8, core);
+	sl_put_le32(h + 12, 0);
 }
 
 bool sl_ulog_segment_name(const char *name, uint32_t *core, uint64_t *first_seq)
@@ -241,11 +200,11 @@ int sl_ulog_scan_file(const char *path, uint64_t expected_seq, struct sl_ulog_sc
 	int rc = 0;
 	uint8_t h[SL_ULOG_HEADER_LEN];
 	if (fread(h, 1, sizeof h, f) != sizeof h || memcmp(h, SL_ULOG_MAGIC, 8) != 0 ||
-	    get_u32(h + 12) != 0) {
+	    sl_get_le32(h + 12) != 0) {
 		out->damage = SL_ULOG_BAD_HEADER;
 		goto done;
 	}
-	out->core = get_u32(h + 8);
+	out->core = sl_get_le32(h + 8);
 	out->good_bytes = SL_ULOG_HEADER_LEN;
 	uint64_t want = expected_seq;
 	bool check = expected_seq != UINT64_MAX; /* after the first frame, always */
@@ -259,8 +218,8 @@ int sl_ulog_scan_file(const char *path, uint64_t expected_seq, struct sl_ulog_sc
 			out->damage = SL_ULOG_TORN;
 			break;
 		}
-		uint32_t len = get_u32(frame), crc = get_u32(frame + 4);
-		uint64_t seq = get_u64(frame + 8);
+		uint32_t len = sl_get_le32(frame), crc = sl_get_le32(frame + 4);
+		uint64_t seq = sl_get_le64(frame + 8);
 		if (len == 0 || len > SL_ULOG_PAYLOAD_MAX) {
 			/* (zeros: a crash after the file grew, before the data) */
 			out->damage = SL_ULOG_BAD_LEN;
@@ -544,22 +503,6 @@ static uint64_t monotonic_ms_now(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* write_all: pwrite all of p at off (the synchronous paths). */
-static int write_all(int fd, const uint8_t *p, size_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
 
 /* segment_open starts a new segment named after next_seq. The previous
  * one, if any, is synced and closed first: callers make sure nothing is in
@@ -575,7 +518,7 @@ static int segment_open(struct sl_ulog *l, uint64_t first_seq, uint64_t now_ms)
 		return -errno;
 	uint8_t h[SL_ULOG_HEADER_LEN];
 	header_make(h, l->cfg.core);
-	int rc = write_all(fd, h, sizeof h, 0);
+	int rc = sl_pwrite_all(fd, h, sizeof h, 0);
 	if (rc == 0)
 		rc = fsync_dir(l->dir);
 	if (rc == 0 && l->fd >= 0 && !l->seg_broken && fdatasync(l->fd) != 0)
@@ -641,7 +584,7 @@ fail:
  * written: both buffers were busy, and a record is never dropped. */
 static int fill_sync(struct sl_ulog *l)
 {
-	int rc = write_all(l->fd, l->fill.p, l->fill.len, l->seg_bytes);
+	int rc = sl_pwrite_all(l->fd, l->fill.p, l->fill.len, l->seg_bytes);
 	if (rc == 0 && fdatasync(l->fd) != 0)
 		rc = -errno;
 	if (rc != 0) {
@@ -669,9 +612,9 @@ int sl_ulog_append(struct sl_ulog *l, const struct sl_usage_record *rec, uint64_
 	int n = sl_usage_record_encode(rec, f + SL_ULOG_FRAME_HEAD, SL_ULOG_PAYLOAD_MAX);
 	if (n < 0)
 		return n;
-	put_u32(f, (uint32_t)n);
-	put_u64(f + 8, l->next_seq);
-	put_u32(f + 4, frame_crc(f, (size_t)n));
+	sl_put_le32(f, (uint32_t)n);
+	sl_put_le64(f + 8, l->next_seq);
+	sl_put_le32(f + 4, frame_crc(f, (size_t)n));
 	l->fill.len += SL_ULOG_FRAME_HEAD + (size_t)n;
 	l->next_seq++;
 	l->stats.records++;
@@ -738,7 +681,7 @@ int sl_ulog_flush_start(struct sl_ulog *l, struct io_uring *ring, uint64_t ud_wr
 		/* rotate: the new segment is named after the first record
 		 * waiting in fill; the old one is synced and closed (a blocking
 		 * open + fdatasync, once per segment) */
-		int rc = segment_open(l, get_u64(l->fill.p + 8), now_ms);
+		int rc = segment_open(l, sl_get_le64(l->fill.p + 8), now_ms);
 		if (rc == 0)
 			l->seg_broken = false;
 		if (rc != 0 && l->seg_broken) {
@@ -775,7 +718,7 @@ int sl_ulog_on_write(struct sl_ulog *l, struct io_uring *ring, int res, uint64_t
 		 * lost (the caller says so loudly) and nothing more goes into
 		 * this segment, which would now have a hole: the next flush
 		 * starts a new one, and `verify` reports the missing seqs */
-		rc = write_all(l->fd, l->flight.p + l->flight_done, l->flight.len - l->flight_done,
+		rc = sl_pwrite_all(l->fd, l->flight.p + l->flight_done, l->flight.len - l->flight_done,
 		               l->flight_off + l->flight_done);
 		if (rc != 0) {
 			l->stats.errors++;
@@ -841,11 +784,11 @@ int sl_ulog_close(struct sl_ulog *l)
 	if (l->write_in_flight) {
 		/* the ring is gone: write the flight again synchronously (same
 		 * bytes, same offset: idempotent) */
-		rc = write_all(l->fd, l->flight.p, l->flight.len, l->flight_off);
+		rc = sl_pwrite_all(l->fd, l->flight.p, l->flight.len, l->flight_off);
 		l->write_in_flight = false;
 	}
 	if (rc == 0 && l->fill.len)
-		rc = write_all(l->fd, l->fill.p, l->fill.len, l->seg_bytes);
+		rc = sl_pwrite_all(l->fd, l->fill.p, l->fill.len, l->seg_bytes);
 	if (rc == 0 && fdatasync(l->fd) != 0)
 		rc = -errno;
 	if (l->fd >= 0)

@@ -100,4 +100,32 @@ static inline uint32_t sl_get_le32(const uint8_t *p)
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static inline void sl_put_le16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static inline uint16_t sl_get_le16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline void sl_put_le64(uint8_t *p, uint64_t v)
+{
+	sl_put_le32(p, (uint32_t)v);
+	sl_put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+static inline uint64_t sl_get_le64(const uint8_t *p)
+{
+	return (uint64_t)sl_get_le32(p) | (uint64_t)sl_get_le32(p + 4) << 32;
+}
+
+/* sl_write_all / sl_pwrite_all: all of buf, retrying short writes and EINTR
+ * (the synchronous file paths: the key journal, the state files, the usage
+ * log's fallbacks). 0 or -errno. */
+int sl_write_all(int fd, const void *buf, size_t len);
+int sl_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
 #endif

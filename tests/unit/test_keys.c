@@ -269,7 +269,7 @@ TEST(crash_between_rename_and_truncate_is_harmless)
 	size_t copy_len;
 	CHECK_EQ_INT(read_file_at(ks.dir_fd, JOURNAL_NAME, &copy, &copy_len), 0);
 	CHECK_EQ_INT(sl_keys_compact(&ks), 0);
-	CHECK_EQ_INT(write_all(ks.journal_fd, copy, copy_len), 0);
+	CHECK_EQ_INT(sl_write_all(ks.journal_fd, copy, copy_len), 0);
 	free(copy);
 	sl_keys_close(&ks);
 	CHECK_EQ_INT(sl_keys_open(&ks, dir, NULL), 0);
