@@ -509,6 +509,7 @@ struct conn {
 	int fd;
 	uint8_t state;
 	bool can_read; /* EPOLLIN seen and the socket not drained yet */
+	bool peer_fin; /* EPOLLRDHUP/HUP seen: read until EOF, a short read is not "drained" */
 	bool abrupt;   /* ST_CLOSING: close without lingering */
 	bool want_out; /* a stream paused until the output drains */
 	bool sent_continue;
@@ -2681,8 +2682,11 @@ static int conn_read(struct conn *c)
 	ssize_t n = read(c->fd, c->in + c->in_len, space);
 	if (n > 0) {
 		c->in_len += (size_t)n;
-		if ((size_t)n < space)
-			c->can_read = false; /* drained: edge-triggered epoll reports new data */
+		/* A short read drained the socket and edge-triggered epoll will
+		 * report new data, unless the peer's FIN is already queued behind
+		 * it: that edge has fired, so read on until EOF is seen. */
+		if ((size_t)n < space && !c->peer_fin)
+			c->can_read = false;
 		return 1;
 	}
 	if (n < 0 && errno == EAGAIN) {
@@ -2792,6 +2796,8 @@ static void conn_on_event(struct conn *c, uint32_t events)
 	}
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))
 		c->can_read = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP))
+		c->peer_fin = true;
 	conn_drive(c);
 }
 
