@@ -8,6 +8,8 @@ SIGHUP."""
 
 import json
 import os
+import random
+import re
 import shutil
 import signal
 import sys
@@ -16,7 +18,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, Conn, Server,  # noqa: E402
+from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, Closed, Conn, Server,  # noqa: E402
                      base_config, build_request, chat_body, deep_merge, env, expect, import_key,
                      keys_cli, main, messages_body, test)
 from usagelog_reader import read_log  # noqa: E402
@@ -63,9 +65,10 @@ class Gateway:
         r = keys_cli(self.cfg_path, "topup", self.key_id, usd)
         expect(r.returncode == 0, f"keys topup: {r.returncode} {r.stderr}")
 
-    def chat(self, headers=None, **kw):
+    def chat(self, headers=None, max_tokens_override=16, **kw):
         with Conn(self.server.addr) as c:
-            c.send(build_request("POST", "/v1/chat/completions", chat_body(max_tokens=16, **kw),
+            c.send(build_request("POST", "/v1/chat/completions",
+                                 chat_body(max_tokens=max_tokens_override, **kw),
                                  dict(AUTH, **(headers or {}))))
             return c.read_response()
 
@@ -186,6 +189,60 @@ def credits_state_summarises_the_log(e):
         spent2 = spent + costs(g.data_dir)
         expect(spent2 <= 200 * PICO, f"spent {spent2} of 200 micro-dollars across the archive")
         expect(spent2 > spent, "the top-up was not spent")
+    finally:
+        g.cleanup()
+
+
+def available_in_402(g, max_tokens=4096):
+    """The balance the gateway holds for the key, as its 402 says it: a
+    request whose hold (max_tokens at the output price) exceeds it."""
+    r = g.chat(max_tokens_override=max_tokens)
+    expect(r.status == 402, f"the probe was admitted: {r.status}")
+    msg = r.json()["error"]["message"]
+    m = re.search(r"available \$(-?[0-9]+)\.([0-9]+)\)", msg)
+    expect(m, f"no available amount in {msg!r}")
+    whole, frac = m.group(1), m.group(2)
+    return int(whole) * 10**12 + int(frac.ljust(12, "0"))
+
+
+@test(env="billing", fresh=True, timeout=180)
+def balance_after_sigkills_equals_the_replayed_log(e):
+    """Load on a prepaid key, SIGKILL at random moments, restart: the
+    balance the gateway holds is the top-ups less the costs in the log, to
+    the pico-dollar (a 402's "available" says it)."""
+    g = Gateway(e, "bill-kill", {PREPAID: {"prepaid": True}}, PREPAID)
+    rng = random.Random(5)
+    try:
+        g.topup("0.002")   # 2000 micro-dollars; a request holds ~13, costs ~8
+        for rnd in range(3):
+            g.start()
+            stop = threading.Event()
+
+            def client():
+                while not stop.is_set():
+                    try:
+                        g.chat()
+                    except (Closed, OSError, AssertionError):
+                        pass
+
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.2 + rng.random() * 0.3)
+            g.server.kill()
+            stop.set()
+            for t in threads:
+                t.join(10)
+            g.server.stop()
+        g.start()
+        available = available_in_402(g)
+        g.stop()
+        recs = read_log(g.data_dir).values()
+        spent = sum(r["cost"] for r in recs if r["key_id"] == g.key_id)
+        expect(spent > 0, "nothing was spent")
+        expect(available == 2000 * PICO - spent,
+               f"the gateway holds {available} pico-dollars; top-ups less the log: "
+               f"{2000 * PICO - spent}")
     finally:
         g.cleanup()
 
