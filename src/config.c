@@ -285,6 +285,21 @@ static int read_string(struct loader *ld, json_t *obj, const char *key, int flag
 	return 0;
 }
 
+/* Reads an optional boolean member into *out (left at its default when
+ * absent). */
+static int read_bool(struct loader *ld, json_t *obj, const char *key, bool *out)
+{
+	json_t *v = json_object_get(obj, key);
+	if (!v)
+		return 0;
+	if (!json_is_boolean(v)) {
+		path_push_key(ld, key);
+		return fail(ld, "expected true or false");
+	}
+	*out = json_is_true(v);
+	return 0;
+}
+
 /* Reads an optional (or required) member that must be an object. */
 static int read_object(struct loader *ld, json_t *obj, const char *key, bool required, json_t **out)
 {
@@ -409,16 +424,86 @@ static int parse_listen_address(struct loader *ld, const char *text, struct sl_l
 	return 0;
 }
 
-/* Parses one {"address": ...} object (listen[i] or admin) into *out. */
-static int parse_listener(struct loader *ld, json_t *obj, struct sl_listener_config *out)
+/* One {"cert", "key", "ocsp"} of a TLS listener. */
+static int parse_tls_cert(struct loader *ld, json_t *obj, struct sl_tls_cert_config *out)
 {
-	static const char *const keys[] = { "address", NULL };
+	const char *cert, *key, *ocsp;
+	int rc;
+	if ((rc = read_string(ld, obj, "cert", STR_REQUIRED | STR_NONEMPTY, &cert)) ||
+	    (rc = read_string(ld, obj, "key", STR_REQUIRED | STR_NONEMPTY, &key)) ||
+	    (rc = read_string(ld, obj, "ocsp", STR_NONEMPTY, &ocsp)))
+		return rc;
+	if (!(out->cert = dup_string(cert)) || !(out->key = dup_string(key)) ||
+	    (ocsp && !(out->ocsp = dup_string(ocsp))))
+		return fail_oom(ld);
+	return 0;
+}
+
+/*
+ * "tls": {"cert", "key", "ocsp"} for one certificate, or "certificates":
+ * [{"cert", "key", "ocsp"}, ...] for several chosen by SNI (both: the
+ * top-level one is the default, listed first); "session_tickets" (true),
+ * "ticket_key_file". The files are read when the listener starts.
+ */
+static int parse_listener_tls(struct loader *ld, json_t *obj, struct sl_listener_tls_config *t)
+{
+	static const char *const keys[] = { "cert", "key", "ocsp", "certificates",
+		                            "session_tickets", "ticket_key_file", NULL };
+	int rc;
 	if (!json_is_object(obj))
 		return fail(ld, "expected an object");
-	if (json_object_get(obj, "tls")) {
-		path_push_key(ld, "tls");
-		return fail(ld, "TLS listeners are not supported yet");
+	if ((rc = check_keys(ld, obj, keys)))
+		return rc;
+	bool single = json_object_get(obj, "cert") || json_object_get(obj, "key");
+	json_t *list = json_object_get(obj, "certificates");
+	if (list && (!json_is_array(list) || json_array_size(list) == 0)) {
+		path_push_key(ld, "certificates");
+		return fail(ld, "expected a non-empty array of {\"cert\", \"key\"}");
 	}
+	if (!single && !list)
+		return fail(ld, "needs \"cert\" and \"key\" (or \"certificates\")");
+	if (!single && json_object_get(obj, "ocsp")) {
+		path_push_key(ld, "ocsp");
+		return fail(ld, "only valid with \"cert\"");
+	}
+	size_t n = (single ? 1 : 0) + (list ? json_array_size(list) : 0);
+	if (n > 64)
+		return fail(ld, "at most 64 certificates");
+	if (!(t->certs = calloc(n, sizeof *t->certs)))
+		return fail_oom(ld);
+	t->num_certs = (uint32_t)n;
+	size_t k = 0;
+	if (single && (rc = parse_tls_cert(ld, obj, &t->certs[k++])))
+		return rc;
+	for (size_t i = 0; list && i < json_array_size(list); i++) {
+		size_t old = path_push_key(ld, "certificates");
+		path_push_index(ld, i);
+		json_t *item = json_array_get(list, i);
+		static const char *const cert_keys[] = { "cert", "key", "ocsp", NULL };
+		if (!json_is_object(item))
+			return fail(ld, "expected an object");
+		if ((rc = check_keys(ld, item, cert_keys)) ||
+		    (rc = parse_tls_cert(ld, item, &t->certs[k++])))
+			return rc;
+		path_pop(ld, old);
+	}
+	t->session_tickets = true;
+	if ((rc = read_bool(ld, obj, "session_tickets", &t->session_tickets)))
+		return rc;
+	const char *tk;
+	if ((rc = read_string(ld, obj, "ticket_key_file", STR_NONEMPTY, &tk)))
+		return rc;
+	if (tk && !(t->ticket_key_file = dup_string(tk)))
+		return fail_oom(ld);
+	return 0;
+}
+
+/* Parses one {"address": ..., "tls": ...} object (listen[i] or admin). */
+static int parse_listener(struct loader *ld, json_t *obj, struct sl_listener_config *out)
+{
+	static const char *const keys[] = { "address", "tls", NULL };
+	if (!json_is_object(obj))
+		return fail(ld, "expected an object");
 	int rc = check_keys(ld, obj, keys);
 	if (rc)
 		return rc;
@@ -431,6 +516,15 @@ static int parse_listener(struct loader *ld, json_t *obj, struct sl_listener_con
 	if ((rc = parse_listen_address(ld, address, out)))
 		return rc;
 	path_pop(ld, old);
+	json_t *tls = json_object_get(obj, "tls");
+	if (tls) {
+		old = path_push_key(ld, "tls");
+		if (!(out->tls = calloc(1, sizeof *out->tls)))
+			return fail_oom(ld);
+		if ((rc = parse_listener_tls(ld, tls, out->tls)))
+			return rc;
+		path_pop(ld, old);
+	}
 	return 0;
 }
 
@@ -483,7 +577,7 @@ static int parse_limits(struct loader *ld, json_t *root)
 	static const char *const limit_keys[] = {
 		"connections_per_core", "header_bytes_max", "headers_num_max", "target_bytes_max",
 		"body_bytes_max", "recv_buffer_bytes", "recv_buffers_per_core",
-		"send_queue_buffers_max", "memory_per_core_bytes", NULL,
+		"send_queue_buffers_max", "memory_per_core_bytes", "tls_buffers_per_core", NULL,
 	};
 	static const char *const timeout_keys[] = { "header_ms", "body_ms", "keepalive_ms",
 		                                    "send_ms", NULL };
@@ -506,6 +600,8 @@ static int parse_limits(struct loader *ld, json_t *root)
 		                   &l->recv_buffer_bytes)) ||
 		    (rc = read_u32(ld, obj, "send_queue_buffers_max", 1, 1024,
 		                   &l->send_queue_buffers_max)) ||
+		    (rc = read_u32(ld, obj, "tls_buffers_per_core", 16, 32768,
+		                   &l->tls_buffers_per_core)) ||
 		    (rc = read_u64(ld, obj, "memory_per_core_bytes", 1u << 20, 1ull << 40,
 		                   &l->memory_per_core_bytes)))
 			return rc;
@@ -808,7 +904,8 @@ static int parse_provider_headers(struct loader *ld, json_t *obj, struct sl_prov
 static int parse_provider(struct loader *ld, json_t *obj, struct sl_provider_config *p)
 {
 	static const char *const keys[] = { "base_url", "format", "keys", "headers", "timeouts",
-		                            "keepalive_per_core", "anthropic_version", NULL };
+		                            "keepalive_per_core", "anthropic_version", "ca_file",
+		                            "tls_insecure_skip_verify", NULL };
 	static const char *const timeout_keys[] = { "connect_ms", "first_byte_ms", "idle_ms",
 		                                    NULL };
 	const char *s;
@@ -868,6 +965,20 @@ static int parse_provider(struct loader *ld, json_t *obj, struct sl_provider_con
 		return fail(ld, "only valid with format \"anthropic\"");
 	}
 	if (!(p->anthropic_version = dup_string(s ? s : "2023-06-01")))
+		return fail_oom(ld);
+
+	if ((rc = read_string(ld, obj, "ca_file", STR_NONEMPTY, &s)) ||
+	    (rc = read_bool(ld, obj, "tls_insecure_skip_verify", &p->tls_insecure_skip_verify)))
+		return rc;
+	if ((s || json_object_get(obj, "tls_insecure_skip_verify")) && !p->tls) {
+		path_push_key(ld, s ? "ca_file" : "tls_insecure_skip_verify");
+		return fail(ld, "only valid with an https:// base_url");
+	}
+	if (s && p->tls_insecure_skip_verify) {
+		path_push_key(ld, "ca_file");
+		return fail(ld, "conflicts with tls_insecure_skip_verify");
+	}
+	if (s && !(p->ca_file = dup_string(s)))
 		return fail_oom(ld);
 	return 0;
 }
@@ -1619,6 +1730,7 @@ static void set_defaults(struct sl_config *c)
 	l->recv_buffer_bytes = 16384;
 	l->recv_buffers_per_core = 1024;
 	l->send_queue_buffers_max = 8;
+	l->tls_buffers_per_core = 1024;
 	l->memory_per_core_bytes = 268435456;
 	l->header_timeout_ms = 10000;
 	l->body_timeout_ms = 30000;
@@ -1717,7 +1829,8 @@ int sl_config_load_string(const char *text, size_t len, const char *origin,
 	set_defaults(ld.config);
 	int rc = load_tree(&ld, root);
 	json_decref(root);
-	if (rc == 0 && !(ld.config->origin = dup_string(origin ? origin : "<string>")))
+	if (rc == 0 && (!(ld.config->origin = dup_string(origin ? origin : "<string>")) ||
+	                !(ld.config->config_dir = dup_string("."))))
 		rc = fail_oom(&ld);
 	if (rc) {
 		sl_config_free(ld.config);
@@ -1773,6 +1886,17 @@ int sl_config_load_file(const char *path, struct sl_config **out, char *err, siz
 	}
 	rc = sl_config_load_string(text, len, path, out, err, err_len);
 	free(text);
+	const char *dir_end = strrchr(path, '/');
+	if (rc == 0 && dir_end) {
+		char *dir = strndup(path, dir_end == path ? 1 : (size_t)(dir_end - path));
+		if (!dir) {
+			sl_config_free(*out);
+			*out = NULL;
+			return fail_oom(&(struct loader){ .err = err, .err_len = err_len });
+		}
+		free((*out)->config_dir);
+		(*out)->config_dir = dir;
+	}
 	if (rc == 0 && (*out)->data_dir[0] != '/') {
 		/* a relative data_dir (the default "data" too) lives beside the
 		 * config file, wherever the process was started */
@@ -1797,16 +1921,32 @@ int sl_config_load_file(const char *path, struct sl_config **out, char *err, siz
 	return rc;
 }
 
+static void listener_free(struct sl_listener_config *l)
+{
+	free(l->address);
+	if (l->tls) {
+		for (uint32_t i = 0; i < l->tls->num_certs; i++) {
+			free(l->tls->certs[i].cert);
+			free(l->tls->certs[i].key);
+			free(l->tls->certs[i].ocsp);
+		}
+		free(l->tls->certs);
+		free(l->tls->ticket_key_file);
+		free(l->tls);
+	}
+}
+
 void sl_config_free(struct sl_config *config)
 {
 	if (!config)
 		return;
 	free(config->origin);
+	free(config->config_dir);
 	for (uint32_t i = 0; i < config->num_listeners; i++)
-		free(config->listeners[i].address);
+		listener_free(&config->listeners[i]);
 	free(config->listeners);
 	if (config->admin)
-		free(config->admin->address);
+		listener_free(config->admin);
 	free(config->admin);
 	free(config->data_dir);
 	for (uint32_t i = 0; i < config->num_providers; i++) {
@@ -1827,6 +1967,7 @@ void sl_config_free(struct sl_config *config)
 		}
 		free(p->headers);
 		free(p->anthropic_version);
+		free(p->ca_file);
 	}
 	free(config->providers);
 	for (uint32_t i = 0; i < config->num_tiers; i++) {

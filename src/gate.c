@@ -306,25 +306,9 @@ void sl_gate_free(struct sl_gate *g)
 	free(g);
 }
 
-int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t num_reactors,
-                        char *msg, size_t msg_len)
+void sl_gate_synchronize(struct sl_gate *g, struct sl_reactor *reactors, uint32_t num_reactors)
 {
-	if (!g->config->auth.required) {
-		snprintf(msg, msg_len, "auth mode is \"none\": no keys to reload");
-		return 0;
-	}
-	struct sl_gate_snapshot *old = atomic_load(&g->snap), *s;
-	uint32_t unknown = 0;
-	char err[256] = "";
-	int rc = snapshot_load(g, old, &s, &unknown, err, sizeof err);
-	if (rc) {
-		snprintf(msg, msg_len, "key reload failed, keeping the old keys: %s", err);
-		return rc;
-	}
-	atomic_store_explicit(&g->snap, s, memory_order_release);
 	uint64_t epoch = atomic_fetch_add(&g->epoch, 1) + 1;
-	if (g->data_dir_fd < 0)
-		g->data_dir_fd = open(g->config->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	/* wake every reactor so an idle one passes a turn; then wait for all */
 	for (uint32_t i = 0; i < num_reactors; i++) {
 		struct sl_msg m = { .type = SL_MSG_WAKE };
@@ -345,6 +329,27 @@ int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t
 		struct timespec ts = { 0, 1000000 };
 		nanosleep(&ts, NULL);
 	}
+}
+
+int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t num_reactors,
+                        char *msg, size_t msg_len)
+{
+	if (!g->config->auth.required) {
+		snprintf(msg, msg_len, "auth mode is \"none\": no keys to reload");
+		return 0;
+	}
+	struct sl_gate_snapshot *old = atomic_load(&g->snap), *s;
+	uint32_t unknown = 0;
+	char err[256] = "";
+	int rc = snapshot_load(g, old, &s, &unknown, err, sizeof err);
+	if (rc) {
+		snprintf(msg, msg_len, "key reload failed, keeping the old keys: %s", err);
+		return rc;
+	}
+	atomic_store_explicit(&g->snap, s, memory_order_release);
+	if (g->data_dir_fd < 0)
+		g->data_dir_fd = open(g->config->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	sl_gate_synchronize(g, reactors, num_reactors);
 	snapshot_free(old);
 	uint32_t n = sl_keytab_num(s->keys), active = 0;
 	/* top-ups: each key's balance change since the last load */

@@ -10,6 +10,7 @@
 #include "sluice/keys.h"
 #include "sluice/usagelog.h"
 #include "sluice/reactor.h"
+#include "sluice/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -174,6 +175,19 @@ static void raise_fd_limit(void)
 	}
 }
 
+struct quiesce {
+	struct sl_gate *gate;
+	struct sl_reactor *reactors;
+	uint32_t n;
+};
+
+/* Returns once every reactor has passed a loop turn (tls.h reload). */
+static void wait_quiescent(void *arg)
+{
+	struct quiesce *q = arg;
+	sl_gate_synchronize(q->gate, q->reactors, q->n);
+}
+
 static int serve(struct sl_config *cfg, uint32_t threads_override)
 {
 	int cpus[CPU_SETSIZE];
@@ -189,7 +203,10 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	int *fds = calloc((size_t)n * cfg->num_listeners, sizeof *fds);
 	if (!fds)
 		return 1;
-	char err[256], first_addr[80] = "";
+	char err[512], first_addr[80] = "";
+	struct sockaddr_storage *bound = calloc(cfg->num_listeners, sizeof *bound);
+	if (!bound)
+		return 1;
 	for (uint32_t l = 0; l < cfg->num_listeners; l++) {
 		struct sockaddr_storage addr = cfg->listeners[l].addr;
 		socklen_t addr_len = cfg->listeners[l].addr_len;
@@ -203,6 +220,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 			if (i == 0) {
 				socklen_t len = sizeof addr;
 				getsockname(fd, (struct sockaddr *)&addr, &len);
+				bound[l] = addr;
 				if (l == 0)
 					format_addr(&addr, first_addr, sizeof first_addr);
 			}
@@ -229,6 +247,13 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		fprintf(stderr, "sluice: WARNING: auth mode is \"none\": every request is served "
 		                "without a client key and without limits\n");
 
+	struct sl_tls *tls = NULL;
+	int trc = sl_tls_create(cfg, &tls, err, sizeof err);
+	if (trc) {
+		fprintf(stderr, "sluice: %s\n", err);
+		return 1;
+	}
+
 	uint32_t id_prefix = 0;
 	RAND_bytes((uint8_t *)&id_prefix, sizeof id_prefix);
 	struct sl_reactor *reactors = calloc(n, sizeof *reactors);
@@ -247,6 +272,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		}
 		reactors[i].id_prefix = id_prefix;
 		reactors[i].gate = gate;
+		reactors[i].tls = tls;
 	}
 	free(fds);
 	if (cfg->usage_log.enabled && open_usage_logs(cfg, gate, reactors, n) != 0)
@@ -273,6 +299,11 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		return 1;
 	}
 	fprintf(stderr, "sluice: %u reactor%s, config %s\n", n, n == 1 ? "" : "s", cfg->origin);
+	for (uint32_t l = 0; l < cfg->num_listeners; l++) {
+		char a[80];
+		format_addr(&bound[l], a, sizeof a);
+		fprintf(stderr, "sluice: listening on %s%s\n", a, cfg->listeners[l].tls ? " (tls)" : "");
+	}
 	fprintf(stderr, "sluice: ready on %s\n", first_addr);
 
 	for (;;) {
@@ -284,6 +315,11 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 			char msg[320];
 			sl_gate_reload_keys(gate, reactors, n, msg, sizeof msg);
 			fprintf(stderr, "sluice: SIGHUP: %s\n", msg);
+			if (tls) {
+				struct quiesce q = { gate, reactors, n };
+				sl_tls_reload(tls, wait_quiescent, &q, msg, sizeof msg);
+				fprintf(stderr, "sluice: SIGHUP: %s\n", msg);
+			}
 		}
 	}
 	fprintf(stderr, "sluice: shutting down: draining in-flight requests\n");
@@ -310,6 +346,8 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	}
 	free(next_seq);
 	sl_gate_free(gate); /* stops the reconciler; writes limits.state */
+	sl_tls_free(tls);
+	free(bound);
 	fprintf(stderr, "sluice: stopped\n");
 	return 0;
 }

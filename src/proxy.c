@@ -20,6 +20,7 @@
 #include "sluice/ipblock.h"
 #include "sluice/json.h"
 #include "sluice/reactor.h"
+#include "sluice/tls.h"
 #include "sluice/usagelog.h"
 
 #include <arpa/inet.h>
@@ -1434,6 +1435,11 @@ static struct sl_conn *upstream_connect(struct sl_reactor *r, uint32_t provider,
 	}
 	u->state = SL_UP_CONNECTING;
 	u->ux.provider = provider;
+	if (p->tls && sl_tls_attach_client(r, u, provider) != 0) {
+		sl_conn_close(r, u);
+		*out_err = ENOMEM;
+		return NULL;
+	}
 	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
 	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&p->addr, p->addr_len);
 	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CONNECT, u->gen, u->slot));
@@ -1736,14 +1742,6 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		convert = (uint8_t)p->format != c->cx.format;
 		break;
 	}
-	if (p->tls) {
-		char msg[256];
-		snprintf(msg, sizeof msg, "provider %s: https upstreams are not supported yet",
-		         p->name);
-		exchange_fail(r, c, 502, "connection_error", msg, NULL);
-		return;
-	}
-
 	void *conv_block = NULL;
 	size_t conv_cap = 0, conv_len = 0;
 	if (convert && convert_request(r, c, model, t, p, name, (size_t)name_len, body, body_len,
@@ -2483,11 +2481,15 @@ static bool upstream_retry_stale(struct sl_reactor *r, struct sl_conn *u)
 
 /* --- callbacks from the reactor ---------------------------------------------------- */
 
-void sl_proxy_on_accept(struct sl_reactor *r, int fd)
+void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener)
 {
 	struct sl_conn *c = sl_conn_alloc(r, fd, SL_CONN_CLIENT);
 	if (!c) {
 		close(fd); /* connections_per_core reached */
+		return;
+	}
+	if (r->config->listeners[listener].tls && sl_tls_attach_server(r, c, listener) != 0) {
+		sl_conn_close(r, c); /* no memory for a TLS session: refused */
 		return;
 	}
 	int one = 1;
@@ -2590,9 +2592,13 @@ void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
 void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *u, int res)
 {
 	if (res < 0) {
-		char msg[256];
-		snprintf(msg, sizeof msg, "provider %s is unreachable: %s",
-		         r->config->providers[u->ux.provider].name, strerror(-res));
+		char msg[320];
+		if (res == -EPROTO) /* tls.c: the handshake or the certificate failed */
+			snprintf(msg, sizeof msg, "provider %s: %s",
+			         r->config->providers[u->ux.provider].name, sl_tls_last_error());
+		else
+			snprintf(msg, sizeof msg, "provider %s is unreachable: %s",
+			         r->config->providers[u->ux.provider].name, strerror(-res));
 		upstream_fail(r, u, 502, "connection_error", msg);
 		return;
 	}

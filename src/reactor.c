@@ -8,6 +8,9 @@
 #include "sluice/reactor.h"
 #include "sluice/usagelog.h"
 #include "sluice/gate.h"
+#include "sluice/tls.h"
+
+#include <openssl/ssl.h>
 
 #include "config.h"
 
@@ -136,13 +139,30 @@ static void arm_eventfd(struct sl_reactor *r)
 
 void sl_buf_return(struct sl_reactor *r, uint16_t bid)
 {
-	SL_ASSERT_HOT(bid < r->buf_count);
+	if (bid >= r->buf_count) { /* a TLS buffer (tls.h) */
+		SL_ASSERT_HOT(bid < r->buf_count + r->tls_buf_count);
+		SL_ASSERT(r->tls_buf_free_num < r->tls_buf_count);
+		r->tls_buf_free[r->tls_buf_free_num++] = bid;
+		return;
+	}
 	SL_ASSERT(r->buf_out > 0);
 	io_uring_buf_ring_add(r->buf_ring, r->buf_base + (size_t)bid * r->buf_size, r->buf_size,
 	                      bid, io_uring_buf_ring_mask(r->buf_count),
 	                      (int)r->buf_pending_returns);
 	r->buf_pending_returns++;
 	r->buf_out--;
+}
+
+int sl_tls_buf_get(struct sl_reactor *r)
+{
+	return r->tls_buf_free_num ? r->tls_buf_free[--r->tls_buf_free_num] : -1;
+}
+
+static __thread struct sl_reactor *current_reactor;
+
+struct sl_reactor *sl_reactor_current(void)
+{
+	return current_reactor;
 }
 
 static void buf_flush_returns(struct sl_reactor *r)
@@ -218,6 +238,8 @@ static void conn_maybe_free(struct sl_reactor *r, struct sl_conn *c)
 	if (c->flush_pending)
 		deferred_unlink(r, c);
 	sl_proxy_on_release(r, c);
+	if (c->ssl || c->tls_out || c->tls_backlog)
+		sl_tls_release(r, c);
 	for (unsigned i = 0; i < c->stash_num; i++)
 		sl_buf_return(r, c->stash[i].bid);
 	c->stash_num = 0;
@@ -263,7 +285,7 @@ void sl_conn_close(struct sl_reactor *r, struct sl_conn *c)
 
 void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c)
 {
-	if (c->recv_armed || c->closing || c->recv_paused || c->recv_starved)
+	if (c->recv_armed || c->closing || c->recv_paused || c->recv_starved || c->tls_starved)
 		return;
 	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -396,6 +418,10 @@ static void drop_durable_waiters(struct sl_reactor *r)
 
 static void send_flush_now(struct sl_reactor *r, struct sl_conn *c)
 {
+	if (c->ssl) {
+		sl_tls_send(r, c); /* encrypts what is queued, sends the ciphertext */
+		return;
+	}
 	unsigned n = SL_MIN((unsigned)c->sq.num, (unsigned)SL_SEND_IOV_MAX);
 	for (unsigned i = 0; i < n; i++) {
 		struct sl_send_entry *e = &c->sq.entries[(c->sq.head + i) & (SL_SENDQ_CAP - 1)];
@@ -447,6 +473,12 @@ static void sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t res)
 		c->sq.head = 0;
 }
 
+void sl_tls_sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t n)
+{
+	sendq_consume(r, c, n);
+	ovf_drain(r, c);
+}
+
 /* --- completion handlers ------------------------------------------------------ */
 
 static struct sl_conn *conn_of(struct sl_reactor *r, uint64_t ud)
@@ -474,6 +506,12 @@ static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	if (c->closing) {
 		if (has_buf)
 			sl_buf_return(r, bid);
+	} else if (res > 0 && c->ssl) {
+		SL_ASSERT(has_buf);
+		sl_tls_on_recv(r, c, r->buf_base + (size_t)bid * r->buf_size, (size_t)res);
+		sl_buf_return(r, bid);
+		if (!more && !c->closing)
+			sl_conn_recv_arm(r, c);
 	} else if (res > 0) {
 		SL_ASSERT(has_buf);
 		if (!sl_proxy_on_data(r, c, bid, r->buf_base + (size_t)bid * r->buf_size,
@@ -504,7 +542,12 @@ static void handle_send(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	c->inflight--;
 	c->send_busy = false;
 	c->sq.num_inflight = 0;
-	if (!c->closing) {
+	if (c->ssl && !c->closing) {
+		if (cqe->res < 0)
+			sl_proxy_on_send_error(r, c, cqe->res);
+		else
+			sl_tls_on_sent(r, c, (size_t)cqe->res);
+	} else if (!c->closing) {
 		if (cqe->res < 0) {
 			sl_proxy_on_send_error(r, c, cqe->res);
 		} else {
@@ -543,7 +586,7 @@ static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	case SL_OP_ACCEPT:
 		if (cqe->res >= 0) {
 			if (r->accepting)
-				sl_proxy_on_accept(r, cqe->res);
+				sl_proxy_on_accept(r, cqe->res, (uint32_t)ud);
 			else
 				close(cqe->res);
 		} else if (cqe->res != -ECANCELED) {
@@ -562,7 +605,9 @@ static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	case SL_OP_CONNECT: {
 		struct sl_conn *c = conn_of(r, ud);
 		c->inflight--;
-		if (!c->closing)
+		if (!c->closing && c->ssl && cqe->res >= 0)
+			sl_tls_on_connected(r, c); /* the proxy hears once the handshake is done */
+		else if (!c->closing)
 			sl_proxy_on_connect(r, c, cqe->res);
 		conn_maybe_free(r, c);
 		break;
@@ -633,14 +678,23 @@ int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
 	r->buf_size = lim->recv_buffer_bytes;
 	r->buf_count = lim->recv_buffers_per_core;
 	SL_ASSERT((r->buf_count & (r->buf_count - 1)) == 0 && r->buf_count <= 32768);
-	void *bufs = mmap(NULL, (size_t)r->buf_size * r->buf_count, PROT_READ | PROT_WRITE,
+	r->tls_buf_count = sl_tls_in_use(config) ? lim->tls_buffers_per_core : 0;
+	SL_ASSERT(r->tls_buf_count <= 32768);
+	uint32_t all = r->buf_count + r->tls_buf_count;
+	r->tls_buf_free = calloc(r->tls_buf_count + 1, sizeof *r->tls_buf_free);
+	if (!r->tls_buf_free)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < r->tls_buf_count; i++)
+		r->tls_buf_free[i] = (uint16_t)(all - 1 - i);
+	r->tls_buf_free_num = r->tls_buf_count;
+	void *bufs = mmap(NULL, (size_t)r->buf_size * all, PROT_READ | PROT_WRITE,
 	                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (bufs == MAP_FAILED)
 		return -errno;
 	r->buf_base = bufs;
-	r->ovf_next = calloc(r->buf_count, sizeof *r->ovf_next);
-	r->ovf_off = calloc(r->buf_count, sizeof *r->ovf_off);
-	r->ovf_len = calloc(r->buf_count, sizeof *r->ovf_len);
+	r->ovf_next = calloc(all, sizeof *r->ovf_next);
+	r->ovf_off = calloc(all, sizeof *r->ovf_off);
+	r->ovf_len = calloc(all, sizeof *r->ovf_len);
 	if (!r->ovf_next || !r->ovf_off || !r->ovf_len)
 		return -ENOMEM;
 
@@ -679,7 +733,8 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	if (r->event_fd >= 0)
 		close(r->event_fd);
 	if (r->buf_base)
-		munmap(r->buf_base, (size_t)r->buf_size * r->buf_count);
+		munmap(r->buf_base, (size_t)r->buf_size * (r->buf_count + r->tls_buf_count));
+	free(r->tls_buf_free);
 	sl_bufpool_destroy(&r->mem);
 	free(r->ovf_next);
 	free(r->ovf_off);
@@ -687,6 +742,9 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	free(r->conns);
 	free(r->conn_free);
 	free(r->headers);
+	for (uint32_t p = 0; r->upstreams && p < r->config->num_providers; p++)
+		if (r->upstreams[p].tls_session)
+			SSL_SESSION_free(r->upstreams[p].tls_session);
 	free(r->upstreams);
 }
 
@@ -769,6 +827,7 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 		CPU_SET(r->cpu, &set);
 		(void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 	}
+	current_reactor = r;
 	int rc = ring_setup(r);
 	if (rc == 0) {
 		rc = buf_ring_setup(r);
@@ -849,6 +908,8 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 			release_deferred(r);
 		buf_flush_returns(r);
 		restart_starved(r);
+		if (r->tls_starved && r->tls_buf_free_num)
+			sl_tls_restart_starved(r);
 	}
 	io_uring_queue_exit(&r->ring);
 	if (r->ulog) {

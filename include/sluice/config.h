@@ -21,10 +21,29 @@ enum sl_format {
 	SL_FORMAT_ANTHROPIC = 1,
 };
 
+/* A certificate of a TLS listener: PEM chain and key (ECDSA or RSA), and an
+ * optional DER OCSP response to staple. Relative paths are relative to the
+ * config file's directory (sl_config.config_dir). */
+struct sl_tls_cert_config {
+	char *cert;
+	char *key;
+	char *ocsp; /* NULL: no stapling */
+};
+
+struct sl_listener_tls_config {
+	/* the first is the default; the others are chosen by SNI (a name their
+	 * certificate is valid for) */
+	struct sl_tls_cert_config *certs;
+	uint32_t num_certs;
+	bool session_tickets;  /* true */
+	char *ticket_key_file; /* 48 bytes shared by a fleet; NULL: random per process */
+};
+
 struct sl_listener_config {
 	char *address; /* as written: "0.0.0.0:8080", "[::1]:8080", ":8080" */
 	struct sockaddr_storage addr;
 	socklen_t addr_len;
+	struct sl_listener_tls_config *tls; /* NULL: plain HTTP */
 };
 
 /* Bounds and timeouts of the data path. Every field has a documented default
@@ -39,6 +58,8 @@ struct sl_limits_config {
 	uint32_t recv_buffers_per_core;  /* provided buffers per reactor, power of 2 (1024) */
 	uint32_t send_queue_buffers_max; /* relay buffers queued per stream before the
 	                                    upstream is paused (8) */
+	uint32_t tls_buffers_per_core;   /* decrypted-record buffers per reactor, each
+	                                    recv_buffer_bytes; only with TLS in use (1024) */
 	uint64_t memory_per_core_bytes;  /* request/response buffer arena per reactor
 	                                    (268435456) */
 	uint32_t header_timeout_ms;      /* first byte to end of head: 408 (10000) */
@@ -61,7 +82,9 @@ struct sl_provider_config {
 	char *name;
 	char *base_url;
 	enum sl_format format;
-	bool tls;        /* https:// base URL (TLS lands in its own issue) */
+	bool tls;        /* https:// base URL */
+	char *ca_file;   /* https: CAs to verify with (NULL: the system bundle) */
+	bool tls_insecure_skip_verify; /* https: no verification at all (loudly logged) */
 	char *host;      /* Host header value: "api.example.com" or "127.0.0.1:9001" */
 	char *base_path; /* path part of base_url without trailing '/', may be "" */
 	struct sockaddr_storage addr; /* resolved once at load (getaddrinfo) */
@@ -191,6 +214,7 @@ struct sl_usage_log_config {
 
 struct sl_config {
 	char *origin; /* file path, or "<embedded demo>" */
+	char *config_dir; /* the config file's directory ("." for a string) */
 	struct sl_listener_config *listeners;
 	uint32_t num_listeners;
 	struct sl_listener_config *admin; /* "admin" listener, or NULL (not served yet) */

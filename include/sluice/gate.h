@@ -104,6 +104,11 @@ void sl_gate_free(struct sl_gate *g);
 int sl_gate_reload_keys(struct sl_gate *g, struct sl_reactor *reactors, uint32_t num_reactors,
                         char *msg, size_t msg_len);
 
+/* sl_gate_synchronize (control thread) returns once every reactor (and the
+ * reconciler) has passed a loop turn after the call: whatever a reactor
+ * read from a pointer swapped before the call is no longer held. */
+void sl_gate_synchronize(struct sl_gate *g, struct sl_reactor *reactors, uint32_t num_reactors);
+
 /* sl_gate_unix_ms converts a reactor's monotonic clock to unix time (with
  * the SLUICE_TEST_CLOCK_OFFSET_MS test offset applied). */
 static inline uint64_t sl_gate_unix_ms(const struct sl_gate *g, uint64_t monotonic_ms)

@@ -30,6 +30,9 @@
 struct sl_convert_ctx;
 struct sl_gate;
 struct sl_transcoder;
+struct sl_tls;
+struct ssl_st;
+struct ssl_session_st;
 
 #include <ck_ring.h>
 #include <stdatomic.h>
@@ -157,6 +160,20 @@ struct sl_conn {
 	size_t in_len;
 	size_t in_cap;
 
+	/* TLS (tls.h); ssl NULL: a plain connection */
+	struct ssl_st *ssl;
+	char *tls_out;             /* ciphertext to send: a pool block */
+	uint32_t tls_out_cap, tls_out_len, tls_out_off;
+	uint32_t tls_write_retry;  /* an SSL_write to repeat with this length (0: none) */
+	const char *tls_in;        /* ciphertext being fed to BoringSSL */
+	size_t tls_in_len;
+	char *tls_backlog;         /* ciphertext kept while no TLS buffer was free */
+	uint32_t tls_backlog_cap, tls_backlog_len;
+	bool tls_ready;            /* handshake done */
+	bool tls_starved;          /* waiting for a TLS buffer; recv not re-armed */
+	bool tls_client;           /* upstream side */
+	struct sl_conn *tls_starved_next;
+
 	/* client: recv buffers of pipelined requests that arrived while one was
 	 * in progress and did not fit in in[] */
 	uint8_t stash_num;
@@ -273,6 +290,7 @@ struct sl_msg {
 /* --- the reactor ------------------------------------------------------------ */
 struct sl_upstream_pool {
 	struct sl_conn *idle; /* LIFO */
+	struct ssl_session_st *tls_session; /* https: the newest session, offered by new connections */
 	uint32_t num_idle;
 	struct sl_timer_queue connect_q, first_q, idle_q;
 };
@@ -330,6 +348,13 @@ struct sl_reactor {
 
 	struct sl_bufpool mem;
 	struct sl_conn *starved;
+	/* TLS (tls.h): decrypted records land in tls_buf_count more buffers
+	 * after the ring's (ids buf_count and up), on a free stack */
+	struct sl_tls *tls;
+	uint32_t tls_buf_count;
+	uint32_t tls_buf_free_num;
+	uint16_t *tls_buf_free;
+	struct sl_conn *tls_starved;
 	struct sl_conn *deferred; /* flush_pending connections */
 
 	uint64_t now_ms;
@@ -411,13 +436,19 @@ void sl_conn_send_push_ring(struct sl_reactor *r, struct sl_conn *c, uint16_t bi
 void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c);
 void sl_send_entry_release(struct sl_reactor *r, struct sl_send_entry *e);
 void sl_buf_return(struct sl_reactor *r, uint16_t bid);
+/* tls.c: drops n encrypted bytes from the head of c's send queue. */
+void sl_tls_sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t n);
+/* A free TLS buffer's id, or -1. */
+int sl_tls_buf_get(struct sl_reactor *r);
+/* The reactor of the calling thread (NULL off the reactor threads). */
+struct sl_reactor *sl_reactor_current(void);
 
 void sl_timer_arm(struct sl_reactor *r, struct sl_timer *t, struct sl_timer_queue *q);
 void sl_timer_cancel(struct sl_timer *t);
 void sl_timer_queue_init(struct sl_timer_queue *q, uint32_t duration_ms, enum sl_timer_kind kind);
 
 /* proxy.c: protocol callbacks the reactor calls */
-void sl_proxy_on_accept(struct sl_reactor *r, int fd);
+void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener);
 /* data is a provided buffer bid; returns true when the proxy kept it (it
  * will come back through sl_buf_return), false to return it now. */
 bool sl_proxy_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,

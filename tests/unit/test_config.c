@@ -395,7 +395,22 @@ TEST(listener_errors)
 	      "listen[0].address: required key is missing");
 	ERROR("{ \"listen\": [{ \"address\": \":1\" }, { \"address\": \":2\", \"tls\": {} }], "
 	      PROVIDERS ", " MODELS "}",
-	      "listen[1].tls: TLS listeners are not supported yet");
+	      "listen[1].tls: needs \"cert\" and \"key\" (or \"certificates\")");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"cert\": \"c.pem\" } }], "
+	      PROVIDERS ", " MODELS "}",
+	      "listen[0].tls.key: required key is missing");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"cert\": \"c\", \"key\": \"k\", "
+	      "\"bogus\": 1 } }], " PROVIDERS ", " MODELS "}",
+	      "listen[0].tls.bogus: unknown key");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"certificates\": [] } }], "
+	      PROVIDERS ", " MODELS "}",
+	      "listen[0].tls.certificates: expected a non-empty array of {\"cert\", \"key\"}");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"certificates\": [{ \"cert\": \"c\" }] "
+	      "} }], " PROVIDERS ", " MODELS "}",
+	      "listen[0].tls.certificates[0].key: required key is missing");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"cert\": \"c\", \"key\": \"k\", "
+	      "\"session_tickets\": 1 } }], " PROVIDERS ", " MODELS "}",
+	      "listen[0].tls.session_tickets: expected true or false");
 	ERROR(with_listen("1.2.3.4:99999"),
 	      "listen[0].address: invalid port \"99999\": expected 0 to 65535");
 	ERROR(with_listen("1.2.3.4:"), "listen[0].address: invalid port \"\": expected 0 to 65535");
@@ -445,6 +460,16 @@ TEST(listener_parsing)
 
 TEST(provider_errors)
 {
+	ERROR(with_provider("{ \"base_url\": \"http://127.0.0.1\", \"format\": \"openai\", "
+	                    "\"keys\": [\"k\"], \"ca_file\": \"ca.pem\" }"),
+	      "providers.x.ca_file: only valid with an https:// base_url");
+	ERROR(with_provider("{ \"base_url\": \"https://127.0.0.1\", \"format\": \"openai\", "
+	                    "\"keys\": [\"k\"], \"ca_file\": \"ca.pem\", "
+	                    "\"tls_insecure_skip_verify\": true }"),
+	      "providers.x.ca_file: conflicts with tls_insecure_skip_verify");
+	ERROR(with_provider("{ \"base_url\": \"https://127.0.0.1\", \"format\": \"openai\", "
+	                    "\"keys\": [\"k\"], \"tls_insecure_skip_verify\": \"yes\" }"),
+	      "providers.x.tls_insecure_skip_verify: expected true or false");
 	ERROR(with_provider("{ \"base_url\": 1, \"format\": \"openai\", \"keys\": [\"k\"] }"),
 	      "providers.x.base_url: expected a string");
 	ERROR("{" LISTEN ", \"providers\": { \"openai\": { \"base_url\": true, \"format\": "
