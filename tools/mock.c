@@ -16,6 +16,10 @@
  *     response depends on are read.
  *   - It must never be the bottleneck of a proxy benchmark: a non-stream
  *     answer is one read, one writev; a stream without delays is one write.
+ *   - TLS (--tls-cert/--tls-key, BoringSSL): a connection accepted on a TLS
+ *     listener has an SSL object (c->ssl) on its non-blocking socket; the
+ *     same edge-triggered loop drives SSL_do_handshake, SSL_read and
+ *     SSL_write. Plain connections (c->ssl == NULL) take the old paths.
  */
 #include "sluice/common.h"
 #include "sluice/http1.h"
@@ -37,6 +41,9 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define MOCK_THREADS_MAX 256
 #define HEAD_BYTES_MAX 65536
@@ -72,6 +79,7 @@
 #define EMBED_FLOATS_MAX (1u << 20)
 #define EMBED_TABLE_LEN 64
 #define EVENTS_MAX 256
+#define SNI_BYTES_MAX 255
 #define ACCEPTS_PER_WAKE 64
 
 _Static_assert(HEAD_BYTES_MAX < IN_BYTES_INITIAL * 8, "a head fits after a few doublings");
@@ -508,6 +516,8 @@ struct worker;
 struct conn {
 	int fd;
 	uint8_t state;
+	bool tls_done;  /* TLS: the handshake completed */
+	bool tls_hello; /* TLS: a ClientHello (or garbage) arrived: an unfinished handshake failed */
 	bool can_read; /* EPOLLIN seen and the socket not drained yet */
 	bool peer_fin; /* EPOLLRDHUP/HUP seen: read until EOF, a short read is not "drained" */
 	bool abrupt;   /* ST_CLOSING: close without lingering */
@@ -525,6 +535,7 @@ struct conn {
 	size_t body_len;           /* decoded body bytes */
 	struct buf out;
 	size_t out_off;
+	SSL *ssl; /* NULL: a plain connection */
 	struct job job;
 };
 
@@ -542,7 +553,13 @@ struct thread_stats {
 	_Alignas(64) atomic_ullong accepted;
 	atomic_llong open;
 	atomic_ullong requests;
+	atomic_ullong tls_full;    /* full handshakes completed */
+	atomic_ullong tls_resumed; /* handshakes that resumed a session */
+	atomic_ullong tls_failed;  /* handshakes that failed */
 	_Alignas(64) atomic_int lock;
+	uint64_t sni_seq; /* 0: none (under lock, like last) */
+	uint32_t sni_len;
+	char sni[SNI_BYTES_MAX];
 	struct last_request last;
 };
 
@@ -550,6 +567,7 @@ struct worker {
 	int idx;
 	int epfd;
 	int lfd;
+	int tls_lfd; /* --tls-listen: the TLS listener, or -1 */
 	int stop_fd; /* eventfd: main asks the worker to exit */
 	pthread_t thread;
 	struct thread_stats *st;
@@ -577,6 +595,9 @@ static int g_nthreads = 1;
 static struct worker *g_workers;
 static struct thread_stats *g_stats;
 static atomic_ullong g_seq;
+static SSL_CTX *g_ssl_ctx;  /* --tls-cert/--tls-key */
+static bool g_listen_tls;   /* --listen itself is TLS (no --tls-listen) */
+static atomic_ullong g_sni_seq;
 
 struct word {
 	const char *s;
@@ -700,6 +721,8 @@ static void conn_kill(struct conn *c)
 	if (c->state == ST_DEAD)
 		return;
 	struct worker *w = c->w;
+	if (SL_UNLIKELY(c->ssl) && !c->tls_done && c->tls_hello)
+		atomic_fetch_add_explicit(&w->st->tls_failed, 1, memory_order_relaxed);
 	close(c->fd);
 	timer_cancel(c);
 	if (c->prev)
@@ -717,9 +740,91 @@ static void conn_kill(struct conn *c)
 
 static void conn_free(struct conn *c)
 {
+	if (c->ssl)
+		SSL_free(c->ssl);
 	free(c->in);
 	free(c->out.ptr);
 	free(c);
+}
+
+/* --- TLS ----------------------------------------------------------------------------- */
+
+/* tls_write writes one record's worth of the pending output (partial writes
+ * are on). Returns 1 on progress, 0 when the socket is full (or the session
+ * needs to read first: the next event retries), -EIO when broken. A retry
+ * after WANT_WRITE passes the same bytes again (out only grows until it is
+ * flushed; moving the buffer is allowed). */
+static int tls_write(struct conn *c)
+{
+	size_t len = SL_MIN(c->out.len - c->out_off, (size_t)1 << 30);
+	ERR_clear_error();
+	int n = SSL_write(c->ssl, c->out.ptr + c->out_off, (int)len);
+	if (n > 0) {
+		c->out_off += (size_t)n;
+		return 1;
+	}
+	int e = SSL_get_error(c->ssl, n);
+	if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+		return 0;
+	return -EIO;
+}
+
+static void tls_record_sni(struct conn *c)
+{
+	struct thread_stats *st = c->w->st;
+	const char *sni = SSL_get_servername(c->ssl, TLSEXT_NAMETYPE_host_name);
+	size_t len = sni ? strnlen(sni, SNI_BYTES_MAX) : 0;
+	uint64_t seq = atomic_fetch_add_explicit(&g_sni_seq, 1, memory_order_relaxed) + 1;
+	spin_lock(&st->lock);
+	st->sni_seq = seq;
+	st->sni_len = (uint32_t)len;
+	if (len)
+		memcpy(st->sni, sni, len);
+	spin_unlock(&st->lock);
+}
+
+/* tls_handshake drives the server handshake. Returns true once it is done;
+ * false while it waits for the socket (or when it failed: the connection is
+ * dead). */
+static bool tls_handshake(struct conn *c)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		struct thread_stats *st = c->w->st;
+		c->tls_done = true;
+		c->can_read = true; /* the request may be decrypted and waiting in SSL already */
+		if (SSL_session_reused(c->ssl))
+			atomic_fetch_add_explicit(&st->tls_resumed, 1, memory_order_relaxed);
+		else
+			atomic_fetch_add_explicit(&st->tls_full, 1, memory_order_relaxed);
+		tls_record_sni(c);
+		return true;
+	}
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ) {
+		c->can_read = false; /* the socket is drained: wait for EPOLLIN */
+		return false;
+	}
+	if (e == SSL_ERROR_WANT_WRITE)
+		return false; /* wait for EPOLLOUT */
+	/* a protocol error (garbage, an alert from a client that rejected our
+	 * certificate) fails the handshake; EOF or a reset only after a
+	 * ClientHello (conn_kill counts it) */
+	if (e == SSL_ERROR_SSL)
+		c->tls_hello = true;
+	conn_kill(c);
+	return false;
+}
+
+/* on_client_hello: a ClientHello was parsed (any handshake that ends now
+ * without completing counts as failed). */
+static enum ssl_select_cert_result_t on_client_hello(const SSL_CLIENT_HELLO *hello)
+{
+	struct conn *c = SSL_get_app_data(hello->ssl);
+	if (c)
+		c->tls_hello = true;
+	return ssl_select_cert_success;
 }
 
 /* conn_flush writes the pending output. Returns 0 (all written or the socket
@@ -727,6 +832,12 @@ static void conn_free(struct conn *c)
 static int conn_flush(struct conn *c)
 {
 	while (c->out_off < c->out.len) {
+		if (SL_UNLIKELY(c->ssl)) {
+			int r = tls_write(c);
+			if (r > 0)
+				continue;
+			return r;
+		}
 		ssize_t n = write(c->fd, c->out.ptr + c->out_off, c->out.len - c->out_off);
 		if (n > 0) {
 			c->out_off += (size_t)n;
@@ -760,7 +871,7 @@ static inline bool conn_out_pending(const struct conn *c)
 static void conn_send(struct conn *c, const char *head, size_t head_len, const char *body,
                       size_t body_len)
 {
-	if (!conn_out_pending(c) && c->in_off == c->in_len) {
+	if (!conn_out_pending(c) && c->in_off == c->in_len && SL_LIKELY(!c->ssl)) {
 		struct iovec iov[2] = { { (void *)head, head_len }, { (void *)body, body_len } };
 		ssize_t n;
 		do
@@ -2410,13 +2521,24 @@ static void respond_stats(struct conn *c)
 	struct worker *w = c->w;
 	struct buf *b = &w->sb;
 	uint64_t accepted = 0, requests = 0, best = 0;
+	uint64_t tls_full = 0, tls_resumed = 0, tls_failed = 0, sni_best = 0;
+	uint32_t sni_len = 0;
+	char sni[SNI_BYTES_MAX];
 	int64_t open = 0;
 	for (int i = 0; i < g_nthreads; i++) {
 		struct thread_stats *st = &g_stats[i];
 		accepted += atomic_load_explicit(&st->accepted, memory_order_relaxed);
 		open += atomic_load_explicit(&st->open, memory_order_relaxed);
 		requests += atomic_load_explicit(&st->requests, memory_order_relaxed);
+		tls_full += atomic_load_explicit(&st->tls_full, memory_order_relaxed);
+		tls_resumed += atomic_load_explicit(&st->tls_resumed, memory_order_relaxed);
+		tls_failed += atomic_load_explicit(&st->tls_failed, memory_order_relaxed);
 		spin_lock(&st->lock);
+		if (st->sni_seq > sni_best) {
+			sni_best = st->sni_seq;
+			sni_len = st->sni_len;
+			memcpy(sni, st->sni, sni_len);
+		}
 		if (st->last.seq > best) {
 			best = st->last.seq;
 			struct last_request *lr = w->lr_copy;
@@ -2436,7 +2558,15 @@ static void respond_stats(struct conn *c)
 	put_u64(b, open > 0 ? (uint64_t)open : 0);
 	PUT_LIT(b, ",\"requests\":");
 	put_u64(b, requests);
-	PUT_LIT(b, ",\"last_request\":");
+	PUT_LIT(b, ",\"tls_handshakes\":");
+	put_u64(b, tls_full);
+	PUT_LIT(b, ",\"tls_resumed\":");
+	put_u64(b, tls_resumed);
+	PUT_LIT(b, ",\"tls_failed\":");
+	put_u64(b, tls_failed);
+	PUT_LIT(b, ",\"tls_last_sni\":\"");
+	put_json_escaped(b, sni, sni_len);
+	PUT_LIT(b, "\",\"last_request\":");
 	struct sl_http_request req;
 	req.headers = w->stats_hdrs;
 	const struct last_request *lr = w->lr_copy;
@@ -2474,8 +2604,12 @@ static void respond_reset(struct conn *c)
 		/* connections_open is a gauge: it is not reset */
 		atomic_store_explicit(&st->accepted, 0, memory_order_relaxed);
 		atomic_store_explicit(&st->requests, 0, memory_order_relaxed);
+		atomic_store_explicit(&st->tls_full, 0, memory_order_relaxed);
+		atomic_store_explicit(&st->tls_resumed, 0, memory_order_relaxed);
+		atomic_store_explicit(&st->tls_failed, 0, memory_order_relaxed);
 		spin_lock(&st->lock);
 		st->last.seq = 0;
+		st->sni_seq = 0;
 		spin_unlock(&st->lock);
 	}
 	struct buf *b = &c->w->sb;
@@ -2666,6 +2800,48 @@ static void conn_process(struct conn *c)
 	}
 }
 
+/* conn_eof: the peer closed its side (or TLS reported EOF): as conn_read. */
+static int conn_eof(struct conn *c)
+{
+	c->can_read = false;
+	if (c->state == ST_CLOSING)
+		return 0; /* half-closed peer: still deliver the last answer */
+	if (c->state == ST_IDLE && conn_out_pending(c)) {
+		c->state = ST_CLOSING;
+		return 0;
+	}
+	/* EOF while busy: the client gave up on the answer (cancel it) */
+	conn_kill(c);
+	return -1;
+}
+
+/* conn_read_tls: conn_read for a TLS connection. SSL_read returns at most a
+ * record, and may hold decrypted bytes (SSL_pending) the socket no longer
+ * signals: the socket counts as drained only on SSL_ERROR_WANT_READ. */
+static int conn_read_tls(struct conn *c, size_t space)
+{
+	ERR_clear_error();
+	errno = 0;
+	int n = SSL_read(c->ssl, c->in + c->in_len, (int)SL_MIN(space, (size_t)INT_MAX));
+	if (n > 0) {
+		c->in_len += (size_t)n;
+		return 1;
+	}
+	int e = SSL_get_error(c->ssl, n);
+	if (e == SSL_ERROR_WANT_READ) {
+		c->can_read = false;
+		return 0;
+	}
+	if (e == SSL_ERROR_WANT_WRITE)
+		return 0; /* can_read stays: the next EPOLLOUT retries the read */
+	if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0))
+		return conn_eof(c); /* close_notify, or a FIN without one */
+	if (e == SSL_ERROR_SYSCALL && errno == EINTR)
+		return 1;
+	conn_kill(c);
+	return -1;
+}
+
 /* conn_read reads what fits into the input buffer. Returns 1 when bytes
  * arrived, 0 when there is nothing more to read now, -1 when the connection
  * was closed (EOF or error). */
@@ -2679,6 +2855,8 @@ static int conn_read(struct conn *c)
 		c->in_off = 0;
 	}
 	size_t space = c->in_cap - c->in_len;
+	if (SL_UNLIKELY(c->ssl))
+		return conn_read_tls(c, space);
 	ssize_t n = read(c->fd, c->in + c->in_len, space);
 	if (n > 0) {
 		c->in_len += (size_t)n;
@@ -2695,16 +2873,8 @@ static int conn_read(struct conn *c)
 	}
 	if (n < 0 && errno == EINTR)
 		return 1;
-	if (n == 0) {
-		c->can_read = false;
-		if (c->state == ST_CLOSING)
-			return 0; /* half-closed peer: still deliver the last answer */
-		if (c->state == ST_IDLE && conn_out_pending(c)) {
-			c->state = ST_CLOSING;
-			return 0;
-		}
-	}
-	/* EOF while busy: the client gave up on the answer (cancel it) */
+	if (n == 0)
+		return conn_eof(c);
 	conn_kill(c);
 	return -1;
 }
@@ -2734,6 +2904,8 @@ static void conn_drive(struct conn *c)
 	for (;;) {
 		if (c->state == ST_DEAD)
 			return;
+		if (SL_UNLIKELY(c->ssl) && !c->tls_done && !tls_handshake(c))
+			return;
 		if (c->state == ST_LINGER) {
 			if (c->can_read)
 				conn_linger(c);
@@ -2755,6 +2927,12 @@ static void conn_drive(struct conn *c)
 			if (c->abrupt) {
 				conn_kill(c);
 				return;
+			}
+			if (SL_UNLIKELY(c->ssl)) {
+				/* close_notify (best effort): an abrupt close sends none, so a
+				 * client can tell a cut answer from a complete one */
+				ERR_clear_error();
+				SSL_shutdown(c->ssl);
 			}
 			shutdown(c->fd, SHUT_WR);
 			c->state = ST_LINGER;
@@ -2803,10 +2981,10 @@ static void conn_on_event(struct conn *c, uint32_t events)
 
 /* --- workers ---------------------------------------------------------------------------- */
 
-static void worker_accept(struct worker *w)
+static void worker_accept(struct worker *w, int lfd, bool tls)
 {
 	for (int i = 0; i < ACCEPTS_PER_WAKE; i++) {
-		int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
@@ -2832,6 +3010,13 @@ static void worker_accept(struct worker *w)
 		c->in_cap = IN_BYTES_INITIAL;
 		c->out.ptr = out;
 		c->out.cap = OUT_BYTES_INITIAL;
+		if (tls) {
+			c->ssl = SSL_new(g_ssl_ctx);
+			if (!c->ssl || !SSL_set_fd(c->ssl, fd))
+				die_oom();
+			SSL_set_accept_state(c->ssl);
+			SSL_set_app_data(c->ssl, c);
+		}
 		c->next = w->conns;
 		if (w->conns)
 			w->conns->prev = c;
@@ -2866,9 +3051,11 @@ static void *worker_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			void *ptr = evs[i].data.ptr;
 			if (!ptr)
-				worker_accept(w);
+				worker_accept(w, w->lfd, g_listen_tls);
 			else if (ptr == w)
 				stop = true;
+			else if (ptr == &w->tls_lfd)
+				worker_accept(w, w->tls_lfd, true);
 			else
 				conn_on_event(ptr, evs[i].events);
 		}
@@ -2892,6 +3079,8 @@ static void *worker_main(void *arg)
 			break;
 	}
 	close(w->lfd);
+	if (w->tls_lfd >= 0)
+		close(w->tls_lfd);
 	close(w->stop_fd);
 	close(w->epfd);
 	free(w->heap);
@@ -2907,10 +3096,15 @@ static void *worker_main(void *arg)
 static void usage(FILE *f)
 {
 	fputs("usage: sluice-mock [--listen HOST:PORT] [--threads N]\n"
+	      "                   [--tls-cert FILE --tls-key FILE [--tls-listen HOST:PORT]]\n"
 	      "  a fake OpenAI/Anthropic provider for tests and benchmarks (tools/mock.md)\n"
-	      "  --listen HOST:PORT  default 127.0.0.1:9100; port 0 picks a free port\n"
-	      "  --threads N         worker threads, each with its own SO_REUSEPORT listener\n"
-	      "                      (default 1; 0 = one per online CPU)\n",
+	      "  --listen HOST:PORT      default 127.0.0.1:9100; port 0 picks a free port\n"
+	      "  --threads N             worker threads, each with its own SO_REUSEPORT listener\n"
+	      "                          (default 1; 0 = one per online CPU)\n"
+	      "  --tls-cert FILE         PEM certificate (chain: leaf first) for TLS 1.2/1.3\n"
+	      "  --tls-key FILE          PEM private key of --tls-cert\n"
+	      "  --tls-listen HOST:PORT  serve TLS here and plain HTTP on --listen; without\n"
+	      "                          it, --tls-cert makes --listen itself TLS\n",
 	      f);
 }
 
@@ -2929,6 +3123,84 @@ static void init_embedding_table(void)
 		int n = snprintf(g_emb_str[i], sizeof(g_emb_str[i]), "%.9g", v);
 		g_emb_len[i] = (uint8_t)n;
 		g_emb_val[i] = strtof(g_emb_str[i], NULL);
+	}
+}
+
+/* parse_addr resolves HOST:PORT or [V6]:PORT (opt names the option in errors). */
+static bool parse_addr(const char *opt, const char *addr, struct sockaddr_storage *ss,
+                       socklen_t *ss_len)
+{
+	char host[256];
+	const char *colon = strrchr(addr, ':');
+	if (!colon || (size_t)(colon - addr) >= sizeof(host)) {
+		fprintf(stderr, "sluice-mock: %s %s: expected HOST:PORT\n", opt, addr);
+		return false;
+	}
+	size_t host_len = (size_t)(colon - addr);
+	const char *hp = addr;
+	if (host_len >= 2 && hp[0] == '[' && hp[host_len - 1] == ']') {
+		hp++;
+		host_len -= 2;
+	}
+	memcpy(host, hp, host_len);
+	host[host_len] = 0;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+		                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *ai;
+	int gai = getaddrinfo(host_len ? host : NULL, colon + 1, &hints, &ai);
+	if (gai) {
+		fprintf(stderr, "sluice-mock: %s %s: %s\n", opt, addr, gai_strerror(gai));
+		return false;
+	}
+	*ss_len = ai->ai_addrlen;
+	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+	freeaddrinfo(ai);
+	return true;
+}
+
+static void tls_die(const char *what, const char *file)
+{
+	char msg[256];
+	ERR_error_string_n(ERR_get_error(), msg, sizeof(msg));
+	fprintf(stderr, "sluice-mock: %s%s%s: %s\n", what, file ? " " : "", file ? file : "", msg);
+	exit(2);
+}
+
+/* tls_setup loads the certificate (chain) and key: TLS 1.2 and 1.3, session
+ * resumption by tickets and the server session cache (BoringSSL's defaults). */
+static SSL_CTX *tls_setup(const char *cert, const char *key)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx)
+		tls_die("SSL_CTX_new", NULL);
+	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+	    !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION))
+		tls_die("TLS versions", NULL);
+	if (!SSL_CTX_use_certificate_chain_file(ctx, cert))
+		tls_die("--tls-cert", cert);
+	if (!SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM))
+		tls_die("--tls-key", key);
+	if (!SSL_CTX_check_private_key(ctx))
+		tls_die("--tls-key does not match --tls-cert", NULL);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	static const uint8_t sid_ctx[] = "sluice-mock";
+	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+	SSL_CTX_set_select_certificate_cb(ctx, on_client_hello);
+	return ctx;
+}
+
+static void print_ready(const char *what, const struct sockaddr_storage *ss)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		fprintf(stderr, "sluice-mock: %s [%s]:%u\n", what, ip, (unsigned)ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		fprintf(stderr, "sluice-mock: %s %s:%u\n", what, ip, (unsigned)ntohs(s4->sin_port));
 	}
 }
 
@@ -2951,6 +3223,7 @@ static int open_listener(const struct sockaddr *addr, socklen_t addr_len)
 int main(int argc, char **argv)
 {
 	const char *listen_addr = "127.0.0.1:9100";
+	const char *tls_listen_addr = NULL, *tls_cert = NULL, *tls_key = NULL;
 	long threads = 1;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -2958,6 +3231,18 @@ int main(int argc, char **argv)
 			listen_addr = argv[++i];
 		else if (!strncmp(a, "--listen=", 9))
 			listen_addr = a + 9;
+		else if (!strcmp(a, "--tls-listen") && i + 1 < argc)
+			tls_listen_addr = argv[++i];
+		else if (!strncmp(a, "--tls-listen=", 13))
+			tls_listen_addr = a + 13;
+		else if (!strcmp(a, "--tls-cert") && i + 1 < argc)
+			tls_cert = argv[++i];
+		else if (!strncmp(a, "--tls-cert=", 11))
+			tls_cert = a + 11;
+		else if (!strcmp(a, "--tls-key") && i + 1 < argc)
+			tls_key = argv[++i];
+		else if (!strncmp(a, "--tls-key=", 10))
+			tls_key = a + 10;
 		else if ((!strcmp(a, "--threads") && i + 1 < argc) || !strncmp(a, "--threads=", 10)) {
 			const char *v = a[9] == '=' ? a + 10 : argv[++i];
 			char *end;
@@ -2974,32 +3259,23 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (!tls_cert != !tls_key || (tls_listen_addr && !tls_cert)) {
+		fputs("sluice-mock: TLS needs both --tls-cert and --tls-key\n", stderr);
+		return 2;
+	}
 	if (threads == 0)
 		threads = SL_MAX(SL_MIN(sysconf(_SC_NPROCESSORS_ONLN), (long)MOCK_THREADS_MAX), 1L);
 	g_nthreads = (int)threads;
 
-	/* HOST:PORT, [V6]:PORT */
-	char host[256];
-	const char *colon = strrchr(listen_addr, ':');
-	if (!colon || (size_t)(colon - listen_addr) >= sizeof(host)) {
-		fprintf(stderr, "sluice-mock: --listen %s: expected HOST:PORT\n", listen_addr);
+	struct sockaddr_storage ss, tss;
+	socklen_t ss_len, tss_len = 0;
+	if (!parse_addr("--listen", listen_addr, &ss, &ss_len))
 		return 2;
-	}
-	size_t host_len = (size_t)(colon - listen_addr);
-	const char *hp = listen_addr;
-	if (host_len >= 2 && hp[0] == '[' && hp[host_len - 1] == ']') {
-		hp++;
-		host_len -= 2;
-	}
-	memcpy(host, hp, host_len);
-	host[host_len] = 0;
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-		                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-	struct addrinfo *ai;
-	int gai = getaddrinfo(host_len ? host : NULL, colon + 1, &hints, &ai);
-	if (gai) {
-		fprintf(stderr, "sluice-mock: --listen %s: %s\n", listen_addr, gai_strerror(gai));
+	if (tls_listen_addr && !parse_addr("--tls-listen", tls_listen_addr, &tss, &tss_len))
 		return 2;
+	if (tls_cert) {
+		g_ssl_ctx = tls_setup(tls_cert, tls_key);
+		g_listen_tls = !tls_listen_addr;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
@@ -3016,20 +3292,20 @@ int main(int argc, char **argv)
 		die_oom();
 	memset(g_stats, 0, sizeof(*g_stats) * (size_t)g_nthreads);
 
-	/* every thread binds its own listener to the same port (the first one's
-	 * when port 0 was asked for) */
-	struct sockaddr_storage ss;
-	socklen_t ss_len = ai->ai_addrlen;
-	memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-	freeaddrinfo(ai);
+	/* every thread binds its own listeners to the same ports (the first
+	 * one's when port 0 was asked for) */
 	for (int i = 0; i < g_nthreads; i++) {
 		struct worker *w = &g_workers[i];
 		w->idx = i;
 		w->st = &g_stats[i];
 		w->lfd = open_listener((struct sockaddr *)&ss, ss_len);
+		w->tls_lfd = tls_listen_addr ? open_listener((struct sockaddr *)&tss, tss_len) : -1;
 		if (i == 0) {
 			ss_len = sizeof(ss);
 			if (getsockname(w->lfd, (struct sockaddr *)&ss, &ss_len) < 0)
+				die("sluice-mock: getsockname");
+			tss_len = sizeof(tss);
+			if (w->tls_lfd >= 0 && getsockname(w->tls_lfd, (struct sockaddr *)&tss, &tss_len) < 0)
 				die("sluice-mock: getsockname");
 		}
 		w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -3037,6 +3313,9 @@ int main(int argc, char **argv)
 			die("sluice-mock: epoll_create1");
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->lfd, &ev) < 0)
+			die("sluice-mock: epoll_ctl");
+		struct epoll_event tev = { .events = EPOLLIN, .data.ptr = &w->tls_lfd };
+		if (w->tls_lfd >= 0 && epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->tls_lfd, &tev) < 0)
 			die("sluice-mock: epoll_ctl");
 		w->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		struct epoll_event sev = { .events = EPOLLIN, .data.ptr = w };
@@ -3060,19 +3339,11 @@ int main(int argc, char **argv)
 		}
 	}
 
-	char ip[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-	if (ss.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
-		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-		port = ntohs(s6->sin6_port);
-		fprintf(stderr, "sluice-mock: ready on [%s]:%u\n", ip, port);
-	} else {
-		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&ss;
-		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-		port = ntohs(s4->sin_port);
-		fprintf(stderr, "sluice-mock: ready on %s:%u\n", ip, port);
-	}
+	/* the TLS listener first: "ready on" is the last line, so a reader that
+	 * waits for it has seen both */
+	if (g_ssl_ctx)
+		print_ready("tls ready on", tls_listen_addr ? &tss : &ss);
+	print_ready("ready on", &ss);
 	fflush(stderr);
 
 	int sig = 0;
@@ -3088,5 +3359,6 @@ int main(int argc, char **argv)
 		pthread_join(g_workers[i].thread, NULL);
 	free(g_workers);
 	free(g_stats);
+	SSL_CTX_free(g_ssl_ctx);
 	return 0;
 }

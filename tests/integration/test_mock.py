@@ -4,12 +4,15 @@ and every fault-injection header (docs/TEAM-CONTRACT.md, "Mock upstream")."""
 import json
 import os
 import re
+import socket
+import ssl
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from harness import (Conn, build_request, chat_body, env, expect, expect_status, main,  # noqa: E402
-                     messages_body, sse_data, sse_event_names, test)
+from harness import (MOCK_BIN, Conn, Server, build_request, chat_body, env, eventually,  # noqa: E402
+                     expect, expect_status, main, messages_body, sse_data, sse_event_names, test)
 
 env("mock", gateway=False)
 
@@ -580,6 +583,340 @@ def stop_sequences(e):
     j = post(e, "/v1/messages", messages_body("c", tools=AN_TOOLS, stop_sequences=["the"]),
              {"x-mock-text-before-tools": 1}).json()
     expect([b["type"] for b in j["content"]] == ["text"] and j["stop_reason"] == "stop_sequence", f"{j!r}"[:300])
+
+
+# --- TLS: --tls-listen, --tls-cert, --tls-key --------------------------------
+
+# plain HTTP on --listen, TLS (tlsgen's "localhost" chain) on --tls-listen;
+# two threads: one SSL_CTX and its session tickets shared by both
+env("mock_tls", gateway=False, mock_threads=2, mock_tls=True)
+
+TLS13 = ssl.TLSVersion.TLSv1_3
+TLS12 = ssl.TLSVersion.TLSv1_2
+
+
+def tls_context(e, version=None, cafile=None, check_hostname=True):
+    ctx = ssl.create_default_context(cafile=cafile or e.tls["ca"]["cert"])
+    ctx.check_hostname = check_hostname
+    if version:
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def tls_conn(e, ctx, hostname="localhost", session=None, addr=None, timeout_s=10, **kw):
+    """A harness Conn whose socket is TLS (the handshake is done here)."""
+    c = Conn(addr or e.mock_tls_addr, timeout_s)
+    try:
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=hostname, session=session, **kw)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def tls_stats(e):
+    s = e.mock_stats()
+    return {k: s[k] for k in ("tls_handshakes", "tls_resumed", "tls_failed", "tls_last_sni")}
+
+
+def expect_tls_stats(e, **want):
+    got = tls_stats(e)
+    expect(all(got[k] == v for k, v in want.items()), f"TLS stats {got}, expected {want}")
+    return got
+
+
+def chat_ok(c, model="m-tls", headers=None):
+    c.send(build_request("POST", "/v1/chat/completions", chat_body(model), headers))
+    j = expect_json_response(c.read_response())
+    expect(j.get("object") == "chat.completion" and j.get("model") == model, f"{j!r}"[:300])
+    return j
+
+
+@test(env="mock_tls")
+def tls_chat_tls13_and_tls12(e):
+    e.mock_reset()
+    for version, name in ((TLS13, "TLSv1.3"), (TLS12, "TLSv1.2")):
+        with tls_conn(e, tls_context(e, version)) as c:
+            expect(c.sock.version() == name, f"negotiated {c.sock.version()}, expected {name}")
+            chat_ok(c)
+            # keep-alive: a stream with token delays (timer-driven writes) on the same connection
+            c.send(build_request("POST", "/v1/messages", messages_body("claude-tls", stream=True),
+                                 {"x-mock-tokens": 4, "x-mock-token-delay-ms": 10}))
+            r = expect_sse_response(c.read_stream())
+            names = [n for n in sse_event_names(r.events) if n != "ping"]
+            expect(names.count("content_block_delta") == 4 and names[-1] == "message_stop",
+                   f"{name}: events {names}")
+    s = e.mock_stats()
+    expect(s["tls_handshakes"] == 2 and s["tls_resumed"] == 0 and s["tls_failed"] == 0,
+           f"after two TLS connections: {s!r}"[:400])
+    expect(s["tls_last_sni"] == "localhost", f"tls_last_sni {s['tls_last_sni']!r}")
+    expect(s["last_request"]["path"] == "/v1/messages", "requests over TLS are recorded")
+    e.mock_reset()
+    expect_tls_stats(e, tls_handshakes=0, tls_resumed=0, tls_failed=0, tls_last_sni="")
+
+
+@test(env="mock_tls")
+def tls_sni_recorded(e):
+    e.mock_reset()
+    ctx = tls_context(e)
+    with tls_conn(e, ctx, hostname="localhost") as c:
+        chat_ok(c)
+    expect_tls_stats(e, tls_last_sni="localhost")
+    with tls_conn(e, ctx, hostname="127.0.0.1") as c:  # an IP address: no SNI is sent
+        chat_ok(c)
+    expect_tls_stats(e, tls_last_sni="", tls_handshakes=2)
+    with tls_conn(e, tls_context(e, check_hostname=False), hostname="alt.test") as c:
+        chat_ok(c)
+    expect_tls_stats(e, tls_last_sni="alt.test", tls_handshakes=3)
+
+
+@test(env="mock_tls")
+def tls_session_resumption(e):
+    for version in (TLS13, TLS12):
+        e.mock_reset()
+        ctx = tls_context(e, version)
+        with tls_conn(e, ctx) as c:
+            chat_ok(c)  # a TLS 1.3 ticket arrives after the handshake: read something first
+            session = c.sock.session
+            expect(not c.sock.session_reused, "the first connection cannot resume")
+        expect(session is not None and (version == TLS12 or session.has_ticket),
+               f"{version.name}: no session (ticket) from the mock")
+        with tls_conn(e, ctx, session=session) as c:
+            expect(c.sock.session_reused, f"{version.name}: the session was not resumed")
+            chat_ok(c)
+        expect_tls_stats(e, tls_handshakes=1, tls_resumed=1, tls_failed=0)
+
+
+@test(env="mock_tls")
+def tls_failed_handshakes(e):
+    e.mock_reset()
+    # connect and close without a byte: not a handshake, not counted
+    socket.create_connection(e.mock_tls_addr, timeout=5).close()
+    eventually(lambda: e.mock_stats()["connections_open"] == 1, what="the empty connection closed")
+    expect_tls_stats(e, tls_failed=0)
+    # garbage instead of a ClientHello: plain HTTP, then binary junk
+    for n, junk in enumerate((build_request("GET", "/v1/models"), bytes(range(256)) * 4), 1):
+        with Conn(e.mock_tls_addr, 5) as c:
+            c.try_send(junk)
+            expect(c.wait_closed(5), "the mock must close a connection that is not TLS")
+            expect(b"HTTP/" not in bytes(c.buf), f"answered in plain HTTP: {bytes(c.buf[:100])!r}")
+        eventually(lambda: tls_stats(e)["tls_failed"] == n, what=f"tls_failed == {n}")
+    # the client rejects our certificate: unknown CA, then a name it does not cover
+    rejects = ((tls_context(e, cafile=e.tls["other_ca"]["cert"]), "localhost"),
+               (tls_context(e), "alt.test"))
+    for n, (ctx, hostname) in enumerate(rejects, 3):
+        try:
+            tls_conn(e, ctx, hostname=hostname).close()
+            raise AssertionError(f"the handshake with {hostname} should have failed")
+        except ssl.SSLCertVerificationError:
+            pass
+        eventually(lambda: tls_stats(e)["tls_failed"] == n, what=f"tls_failed == {n}")
+    # a ClientHello, then the client goes away without an alert
+    out = ssl.MemoryBIO()
+    client = tls_context(e).wrap_bio(ssl.MemoryBIO(), out, server_hostname="localhost")
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    with socket.create_connection(e.mock_tls_addr, timeout=5) as sock:
+        sock.sendall(out.read())
+        expect(sock.recv(1 << 16), "no ServerHello for the ClientHello")
+    eventually(lambda: tls_stats(e)["tls_failed"] == 5, what="tls_failed == 5")
+    expect_tls_stats(e, tls_handshakes=0, tls_resumed=0, tls_last_sni="")
+    with tls_conn(e, tls_context(e)) as c:  # the mock still serves TLS
+        chat_ok(c)
+    expect_tls_stats(e, tls_handshakes=1, tls_failed=5)
+
+
+class _BioSocket:
+    """A socket-like TLS client on memory BIOs: send_records() puts several
+    TLS records into one TCP write, so the mock receives them in one read."""
+
+    def __init__(self, sock, ctx, hostname):
+        self.raw = sock
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname=hostname)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.out.read())
+                data = self.raw.recv(65536)
+                if not data:
+                    raise AssertionError("EOF during the handshake")
+                self.inc.write(data)
+        # the client's last flight (Finished) stays queued: it goes out with
+        # the first records of application data
+
+    def send_records(self, pieces):
+        for p in pieces:
+            self.obj.write(p)
+        self.raw.sendall(self.out.read())
+
+    def sendall(self, data):
+        self.send_records([data])
+
+    def settimeout(self, t):
+        self.raw.settimeout(t)
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                pending = self.out.read()  # e.g. a KeyUpdate answer
+                if pending:
+                    self.raw.sendall(pending)
+                data = self.raw.recv(65536)
+                if not data:
+                    return b""
+                self.inc.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    def close(self):
+        self.raw.close()
+
+
+@test(env="mock_tls", timeout=60)
+def tls_records_in_one_read(e):
+    # The handshake's last flight and three requests, each its own TLS record,
+    # in one TCP write: after one read the mock holds them all (in the socket
+    # buffer or decrypted inside SSL, where epoll cannot see them), so it must
+    # read on until SSL_ERROR_WANT_READ or the later requests would never be
+    # answered.
+    for version in (TLS13, TLS12):
+        c = Conn(e.mock_tls_addr, 10)
+        with c:
+            c.sock = _BioSocket(c.sock, tls_context(e, version), "localhost")
+            models = [f"m-rec-{i}" for i in range(3)]
+            c.sock.send_records([build_request("POST", "/v1/chat/completions", chat_body(m))
+                                 for m in models])
+            got = [expect_json_response(c.read_response()).get("model") for _ in models]
+            expect(got == models, f"{version.name}: answers for {got}, expected {models} in order")
+    # large bodies both ways: many records, partial SSL_writes
+    with tls_conn(e, tls_context(e)) as c:
+        c.send(build_request("POST", "/v1/embeddings", {"model": "emb", "input": "a" * (3 << 20)}))
+        r = c.read_response(30)
+        expect_status(r, 200)
+        expect(e.last_request()["body_len"] >= 3 << 20, "the whole 3 MiB body arrived")
+        c.send(build_request("POST", "/v1/chat/completions", chat_body("m-big"),
+                             {"x-mock-response-bytes": 4000000}))
+        r = c.read_response(30)
+        expect_status(r, 200)
+        expect(3900000 <= len(r.body) <= 4100000, f"body {len(r.body)} bytes, expected ~4000000")
+        r.json()
+        chat_ok(c)  # and the connection is still good
+
+
+@test(env="mock_tls")
+def tls_close_notify_only_on_clean_close(e):
+    ctx = tls_context(e)
+    # Connection: close: the answer, then close_notify (a clean TLS EOF)
+    with tls_conn(e, ctx, suppress_ragged_eofs=False) as c:
+        c.send(build_request("POST", "/v1/chat/completions", chat_body("m"), {"Connection": "close"}))
+        expect_json_response(c.read_response())
+        try:
+            expect(c.sock.recv(100) == b"", "nothing may follow the answer")
+        except ssl.SSLEOFError:
+            raise AssertionError("the mock closed without close_notify after a complete answer")
+    # x-mock-disconnect-after cuts the stream: no close_notify, so the client
+    # can tell truncation from a complete answer
+    with tls_conn(e, ctx, suppress_ragged_eofs=False) as c:
+        c.send(build_request("POST", "/v1/chat/completions", chat_body("m", stream=True),
+                             {"x-mock-disconnect-after": 2}))
+        try:
+            c.read_stream(5)
+            raise AssertionError("a cut stream must end in an unexpected EOF")
+        except ssl.SSLEOFError:
+            pass
+
+
+@test(env="mock_tls")
+def tls_client_gone_cancels(e):
+    # a client that goes away during a delayed answer or a slow stream: the
+    # mock closes its side too (connections_open drops back)
+    ctx = tls_context(e)
+
+    def open_conns():
+        return e.mock_stats()["connections_open"]  # the stats connection included
+    for headers in ({"x-mock-first-byte-delay-ms": 20000},
+                    {"x-mock-token-delay-ms": 200, "x-mock-tokens": 100}):
+        eventually(lambda: open_conns() == 1, what="no connection left over")
+        with tls_conn(e, ctx) as c:
+            c.send(build_request("POST", "/v1/chat/completions", chat_body("m", stream=True), headers))
+            if "x-mock-tokens" in headers:
+                expect_status(c.read_head(), 200)
+            eventually(lambda: open_conns() == 2, what="the TLS connection open")
+        eventually(lambda: open_conns() == 1, what=f"{headers}: the mock closed too")
+
+
+@test(env="mock_tls")
+def tls_plain_listener_unchanged(e):
+    e.mock_reset()
+    expect_json_response(post(e, "/v1/chat/completions", chat_body("m-plain")))
+    r = stream(e, "/v1/chat/completions", chat_body("m-plain", stream=True), {"x-mock-tokens": 3})
+    expect(len(openai_content_deltas(sse_data(r.events)[:-1])) == 3, "plain stream")
+    # --listen stays plain HTTP: a TLS client gets no handshake there
+    try:
+        tls_conn(e, tls_context(e), addr=e.mock_addr, timeout_s=5).close()
+        raise AssertionError("a TLS handshake succeeded on the plain listener")
+    except (ssl.SSLError, ConnectionResetError):
+        pass
+    expect_tls_stats(e, tls_handshakes=0, tls_resumed=0, tls_failed=0)
+
+
+@test(env="mock_tls", timeout=60)
+def tls_only_listener_rsa_chain(e):
+    # --tls-cert without --tls-listen: --listen itself is TLS (both ready lines
+    # name it); an RSA certificate given as a chain file (leaf, then the CA)
+    certs = e.tls
+    srv = Server("sluice-mock", [MOCK_BIN, "--listen", "127.0.0.1:0", "--threads", "1",
+                                 "--tls-cert", certs["rsa"]["fullchain"], "--tls-key", certs["rsa"]["key"]],
+                 "sluice-mock", os.path.join(os.path.dirname(e.mock.log_path), "mock.tls_only.log"))
+    try:
+        addr = srv.start()
+        expect(srv.tls_addr == addr, f"tls ready on {srv.tls_addr}, ready on {addr}")
+        for version, kx in ((TLS12, "RSA"), (TLS13, "")):
+            ctx = ssl.create_default_context(cafile=certs["ca"]["cert"])
+            ctx.minimum_version = ctx.maximum_version = version
+            with tls_conn(e, ctx, addr=addr) as c:
+                expect(kx in c.sock.cipher()[0], f"{version.name}: cipher {c.sock.cipher()}")
+                chat_ok(c)
+                c.send(build_request("GET", "/mock/stats"))
+                s = expect_json_response(c.read_response())
+        expect(s["tls_handshakes"] == 2 and s["tls_failed"] == 0, f"stats {s!r}"[:300])
+        with Conn(addr, 5) as c:  # plain HTTP here is garbage
+            c.try_send(build_request("GET", "/v1/models"))
+            expect(c.wait_closed(5), "plain HTTP on a TLS listener must be closed")
+        expect(not srv.problems(), f"{srv.problems()}")
+    finally:
+        problems = srv.stop()
+    expect(not problems, f"{problems}")
+
+
+@test(env="mock_tls")
+def tls_bad_options(e):
+    certs = e.tls
+
+    def run(*args):
+        return subprocess.run([MOCK_BIN, "--listen", "127.0.0.1:0", *args], capture_output=True,
+                              text=True, timeout=10, stdin=subprocess.DEVNULL)
+    cases = [
+        (("--tls-cert", certs["localhost"]["cert"]), "both --tls-cert and --tls-key"),
+        (("--tls-listen", "127.0.0.1:0"), "both --tls-cert and --tls-key"),
+        (("--tls-cert", certs["localhost"]["cert"], "--tls-key", certs["alt"]["key"]), "MISMATCH"),
+        (("--tls-cert", certs["localhost"]["cert"], "--tls-key", certs["rsa"]["key"]), "MISMATCH"),
+        (("--tls-cert", certs["localhost"]["cert"], "--tls-key", "/nonexistent.key"), "--tls-key"),
+        (("--tls-cert", "/nonexistent.pem", "--tls-key", certs["localhost"]["key"]), "--tls-cert"),
+        (("--tls-cert", certs["localhost"]["cert"], "--tls-key", certs["localhost"]["key"],
+          "--tls-listen", "nohost"), "expected HOST:PORT"),
+    ]
+    for args, msg in cases:
+        r = run(*args)
+        expect(r.returncode == 2 and msg in r.stderr, f"{args}: status {r.returncode}, stderr {r.stderr!r}")
+        expect("ready on" not in r.stderr, f"{args}: started anyway")
 
 
 if __name__ == "__main__":

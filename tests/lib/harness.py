@@ -30,6 +30,10 @@ after the last one it stops each shared Env (SIGTERM) and reports
 Servers are started from build/ (SLUICE_BIN / SLUICE_MOCK_BIN override), with
 stdout+stderr logged under SLUICE_TEST_LOGS (default build/test-logs/manual/).
 SLUICE_TEST_FILTER (or -k PATTERN) selects tests by regex on their name.
+
+env(..., mock_tls=True) also starts the mock with a TLS listener
+(--tls-listen, certificate tlsgen's "localhost" chain): e.mock_tls_addr is its
+(host, port), e.tls the tlsgen paths (e.tls["ca"]["cert"] verifies it).
 """
 
 import copy
@@ -153,6 +157,7 @@ class Server:
         self.prefix = prefix.encode()
         self.log_path = log_path
         self.addr = None
+        self.tls_addr = None    # "<prefix>: tls ready on HOST:PORT", before the ready line
         self.proc = None
         self.sanitizer_lines = []
         self._ready = threading.Event()
@@ -183,12 +188,18 @@ class Server:
     def _drain(self):
         pattern = re.compile(rb"^" + re.escape(self.prefix) +
                              rb": ready on (\[[^\]]*\]|[^\s:]+):(\d+)\s*$")
+        tls_pattern = re.compile(rb"^" + re.escape(self.prefix) +
+                                 rb": tls ready on (\[[^\]]*\]|[^\s:]+):(\d+)\s*$")
         for line in iter(self.proc.stdout.readline, b""):
             self._log.write(line)
             self._log.flush()
             self._tail = (self._tail + [line.rstrip()])[-20:]
             if any(m in line for m in SANITIZER_MARKERS):
                 self.sanitizer_lines.append(line.rstrip().decode(errors="replace"))
+            if self.tls_addr is None:
+                m = tls_pattern.match(line)
+                if m:
+                    self.tls_addr = (m.group(1).decode().strip("[]"), int(m.group(2)))
             if self.addr is None:
                 m = pattern.match(line)
                 if m:
@@ -336,6 +347,24 @@ def keys_cli(config_path, *args, input_text=None):
     """Runs `sluice keys ARGS -c CONFIG`; the CompletedProcess."""
     return subprocess.run([GATEWAY_BIN, "keys", *args, "-c", config_path], input=input_text,
                           capture_output=True, text=True, timeout=30 * TIME_SCALE)
+
+
+_tls_dir = None
+
+
+def tls_certs():
+    """The tlsgen certificates of this run (generated once per process, in a
+    temporary directory removed at exit)."""
+    global _tls_dir
+    import tlsgen
+    if _tls_dir is None:
+        import atexit
+        import shutil
+        d = tempfile.mkdtemp(prefix="sluice-tls-")
+        pid = os.getpid()
+        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(d, ignore_errors=True))
+        _tls_dir = d
+    return tlsgen.generate(_tls_dir)
 
 
 def closed_port():
@@ -727,8 +756,10 @@ def eventually(fn, timeout_s=5, interval_s=0.05, what="condition"):
 
 class Env:
     def __init__(self, name, overrides=None, gateway=True, mock_threads=1,
-                 gateway_threads=2, log_dir=None, tag=""):
+                 gateway_threads=2, log_dir=None, tag="", mock_tls=False):
         self.name = name
+        self.mock_tls = mock_tls
+        self.tls = None
         self.overrides = overrides
         self.with_gateway = gateway
         self.mock_threads = mock_threads
@@ -750,14 +781,27 @@ class Env:
     def mock_addr(self):
         return self.mock.addr
 
+    @property
+    def mock_tls_addr(self):
+        return self.mock.tls_addr
+
     def start(self):
         os.makedirs(self.log_dir, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix="sluice-test-")
         stem = os.path.join(self.log_dir, f"{self.name}{self.tag}")
-        self.mock = Server("sluice-mock", [MOCK_BIN, "--listen", "127.0.0.1:0", "--threads",
-                                           str(self.mock_threads)], "sluice-mock", stem + ".mock.log",
-                           ok_statuses=(0,))
+        argv = [MOCK_BIN, "--listen", "127.0.0.1:0", "--threads", str(self.mock_threads)]
+        if self.mock_tls:
+            try:
+                self.tls = tls_certs()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                raise TestError(f"tlsgen: {exc}")
+            argv += ["--tls-listen", "127.0.0.1:0", "--tls-cert", self.tls["localhost"]["fullchain"],
+                     "--tls-key", self.tls["localhost"]["key"]]
+        self.mock = Server("sluice-mock", argv, "sluice-mock", stem + ".mock.log", ok_statuses=(0,))
         self.mock.start()
+        if self.mock_tls and self.mock.tls_addr is None:
+            self.mock.kill()
+            raise TestError("sluice-mock printed no \"tls ready on\" line")
         if not self.with_gateway:
             return self
         port = self.mock.addr[1]
@@ -844,14 +888,15 @@ class _Test:
 
 
 _tests = []
-_env_specs = {"default": {"overrides": None, "gateway": True, "mock_threads": 1}}
+_env_specs = {"default": {"overrides": None, "gateway": True, "mock_threads": 1, "mock_tls": False}}
 
 
-def env(name, overrides=None, gateway=True, mock_threads=1):
+def env(name, overrides=None, gateway=True, mock_threads=1, mock_tls=False):
     """Define a named environment: overrides (a dict, or a function of the
     mock's port returning one) merged into base_config; gateway=False for
-    mock-only tests."""
-    _env_specs[name] = {"overrides": overrides, "gateway": gateway, "mock_threads": mock_threads}
+    mock-only tests; mock_tls=True: the mock also listens for TLS."""
+    _env_specs[name] = {"overrides": overrides, "gateway": gateway, "mock_threads": mock_threads,
+                        "mock_tls": mock_tls}
 
 
 def test(fn=None, *, env="default", fresh=False, timeout=30, name=None):
@@ -980,13 +1025,13 @@ def main():
             try:
                 if t.fresh:
                     e = Env(t.env, spec["overrides"], spec["gateway"], spec["mock_threads"],
-                            log_dir=log_dir, tag=f".{t.name}")
+                            log_dir=log_dir, tag=f".{t.name}", mock_tls=spec["mock_tls"])
                     e.start()
                 else:
                     e = shared.get(t.env)
                     if e is None:
                         e = Env(t.env, spec["overrides"], spec["gateway"], spec["mock_threads"],
-                                log_dir=log_dir, tag=f".shared{shared_num}")
+                                log_dir=log_dir, tag=f".shared{shared_num}", mock_tls=spec["mock_tls"])
                         shared_num += 1
                         shared[t.env] = e
                         e.start()
