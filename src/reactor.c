@@ -473,6 +473,13 @@ static void sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t res)
 		c->sq.head = 0;
 }
 
+void sl_conn_unhold(struct sl_reactor *r, struct sl_conn *c)
+{
+	SL_ASSERT(c->inflight > 0);
+	c->inflight--;
+	conn_maybe_free(r, c);
+}
+
 void sl_tls_sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t n)
 {
 	sendq_consume(r, c, n);
@@ -508,7 +515,9 @@ static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
 			sl_buf_return(r, bid);
 	} else if (res > 0 && c->ssl) {
 		SL_ASSERT(has_buf);
+		c->inflight++; /* held: a close inside must not free the slot under us */
 		sl_tls_on_recv(r, c, r->buf_base + (size_t)bid * r->buf_size, (size_t)res);
+		c->inflight--;
 		sl_buf_return(r, bid);
 		if (!more && !c->closing)
 			sl_conn_recv_arm(r, c);
@@ -527,7 +536,11 @@ static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
 			r->starved = c;
 		}
 	} else if (res == -ECANCELED) {
-		/* paused on purpose; resume re-arms */
+		/* Paused on purpose: resume re-arms. But a pause and its resume
+		 * within one turn leave the cancel in flight while the recv still
+		 * counts as armed (the resume's arm was a no-op): re-arm here. */
+		if (!c->closing)
+			sl_conn_recv_arm(r, c);
 	} else {
 		if (has_buf)
 			sl_buf_return(r, bid);

@@ -640,6 +640,8 @@ static void tls_send_out(struct sl_reactor *r, struct sl_conn *c);
 static void tls_fail(struct sl_reactor *r, struct sl_conn *c, int ssl_err)
 {
 	char why[200];
+	bool verify_failed = ssl_err == SSL_ERROR_SSL &&
+	                     ERR_GET_REASON(ERR_peek_error()) == SSL_R_CERTIFICATE_VERIFY_FAILED;
 	if (ssl_err == SSL_ERROR_SSL) {
 		ssl_error_text(why, sizeof why);
 	} else {
@@ -649,7 +651,7 @@ static void tls_fail(struct sl_reactor *r, struct sl_conn *c, int ssl_err)
 	if (!c->tls_ready) {
 		if (c->tls_client) {
 			long v = SSL_get_verify_result(c->ssl);
-			if (v != X509_V_OK)
+			if (verify_failed && v != X509_V_OK)
 				snprintf(last_error, sizeof last_error, "certificate verify failed: %s",
 				         X509_verify_cert_error_string(v));
 			else
@@ -811,9 +813,11 @@ void sl_tls_restart_starved(struct sl_reactor *r)
 		c->tls_in = c->tls_backlog;
 		c->tls_in_len = c->tls_backlog_len;
 		c->tls_backlog_len = 0;
+		sl_conn_hold(c);
 		tls_process(r, c);
 		if (!c->tls_starved && !c->closing)
 			sl_conn_recv_arm(r, c);
+		sl_conn_unhold(r, c);
 	}
 }
 

@@ -436,6 +436,14 @@ void sl_conn_send_push_ring(struct sl_reactor *r, struct sl_conn *c, uint16_t bi
 void sl_conn_send_flush(struct sl_reactor *r, struct sl_conn *c);
 void sl_send_entry_release(struct sl_reactor *r, struct sl_send_entry *e);
 void sl_buf_return(struct sl_reactor *r, uint16_t bid);
+/* sl_conn_hold keeps c's slot from being freed while work outside a
+ * completion handler calls into the protocol layer; sl_conn_unhold lets go
+ * (and frees a connection that closed meanwhile). */
+static inline void sl_conn_hold(struct sl_conn *c)
+{
+	c->inflight++;
+}
+void sl_conn_unhold(struct sl_reactor *r, struct sl_conn *c);
 /* tls.c: drops n encrypted bytes from the head of c's send queue. */
 void sl_tls_sendq_consume(struct sl_reactor *r, struct sl_conn *c, size_t n);
 /* A free TLS buffer's id, or -1. */
