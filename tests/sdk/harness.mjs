@@ -46,6 +46,9 @@ function sanitizedBuild() {
 export const TIME_SCALE = Number(process.env.SLUICE_TIME_SCALE) || (sanitizedBuild() ? 3 : 1);
 
 // What the tests send and what the config names (as in tests/lib/harness.py).
+const TLS_CERTS = process.env.SLUICE_SDK_TLS_DIR
+	? JSON.parse(fs.readFileSync(path.join(process.env.SLUICE_SDK_TLS_DIR, 'certs.json'), 'utf8'))
+	: null;
 export const CLIENT_KEY = process.env.SLUICE_SDK_CLIENT_KEY || 'sk-client-test-0123456789';
 export const OPENAI_KEY = 'sk-mock-openai';
 export const ANTHROPIC_KEY = 'sk-mock-anthropic';
@@ -332,8 +335,15 @@ export function baseConfig(mockPort, dataDir) {
 			targets: [{ provider: `iso-anthropic-${i}`, model: ANTHROPIC_UPSTREAM_MODEL }],
 		};
 	}
+	// SLUICE_SDK_TLS_DIR (tests/sdk/run --tls): the SDKs speak HTTPS to a TLS
+	// listener (listed first: the ready line names it); NODE_EXTRA_CA_CERTS
+	// makes node trust the run's test CA.
+	const listen = [{ address: '127.0.0.1:0' }];
+	if (TLS_CERTS)
+		listen.unshift({ address: '127.0.0.1:0',
+			tls: { cert: TLS_CERTS.localhost.cert, key: TLS_CERTS.localhost.key } });
 	return {
-		listen: [{ address: '127.0.0.1:0' }],
+		listen,
 		data_dir: dataDir,
 		threads: 2,
 		providers,
@@ -372,6 +382,8 @@ class Env {
 	}
 
 	get base() {
+		if (TLS_CERTS)
+			return `https://localhost:${this.gateway.addr.port}`;
 		return `http://${this.gateway.addr.host}:${this.gateway.addr.port}`;
 	}
 
@@ -488,6 +500,8 @@ export function test(name, fn, opts = {}) {
 }
 
 function emit(kind, name, reason = '') {
+	if (TLS_CERTS)
+		name = name.replace(/^sdk\./, 'sdk_tls.');
 	let why = String(reason).split(/\s+/).join(' ').trim();
 	if (why.length > 600)
 		why = why.slice(0, 600) + '...';
