@@ -442,6 +442,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (strcmp(cmd, "check-config") == 0) {
+		/* certificates, keys and CA files load as serve would load them */
+		struct sl_tls *tls = NULL;
+		rc = sl_tls_create(cfg, &tls, err, sizeof err);
+		sl_tls_free(tls);
+		if (rc) {
+			fprintf(stderr, "%s: %s\n", config_path, err);
+			sl_config_free(cfg);
+			return 1;
+		}
 		printf("%s: ok\n", config_path);
 		sl_config_free(cfg);
 		return 0;

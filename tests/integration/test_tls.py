@@ -333,6 +333,126 @@ def sighup_reloads_certificates_without_dropping(e):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def ocsp_response(leaf, out_dir):
+    """A DER OCSP response ("good") for leaf, signed by the test CA."""
+    c = certs()
+    serial = subprocess.run(["openssl", "x509", "-in", c[leaf]["cert"], "-noout", "-serial"],
+                            capture_output=True, text=True, check=True).stdout.split("=")[1].strip()
+    index = os.path.join(out_dir, "ocsp-index.txt")
+    with open(index, "w") as f:
+        f.write(f"V\t301231000000Z\t\t{serial}\tunknown\t/CN={leaf}\n")
+    resp = os.path.join(out_dir, f"{leaf}.ocsp.der")
+    subprocess.run(["openssl", "ocsp", "-index", index, "-rsigner", c["ca"]["cert"],
+                    "-rkey", c["ca"]["key"], "-CA", c["ca"]["cert"], "-issuer", c["ca"]["cert"],
+                    "-cert", c[leaf]["cert"], "-respout", resp, "-ndays", "1"],
+                   capture_output=True, check=True)
+    return resp
+
+
+def s_client(addr, *args, input_bytes=b""):
+    p = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % addr, "-CAfile",
+                        certs()["ca"]["cert"], *args], input=input_bytes, capture_output=True,
+                       timeout=20)
+    return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
+
+
+@test(env="tls", fresh=True, timeout=60)
+def curl_s_client_and_ocsp_stapling(e):
+    c = certs()
+    d = tempfile.mkdtemp(prefix="sluice-tls-ocsp-")
+    try:
+        resp = ocsp_response("localhost", d)
+        g = Gateway(e, "tls-ocsp", tls={"cert": c["localhost"]["cert"],
+                                        "key": c["localhost"]["key"], "ocsp": resp})
+        try:
+            rc, out = s_client(g.tls_addr, "-servername", "localhost", "-status")
+            expect("OCSP Response Status: successful" in out or
+                   "OCSP response:" in out and "successful" in out,
+                   f"no stapled OCSP response: {out[-400:]}")
+            rc, out = s_client(g.tls_addr, "-servername", "localhost", "-tls1_2", "-alpn",
+                               "http/1.1")
+            expect(re.search(r"Protocol *: TLSv1\.2", out) and "ALPN protocol: http/1.1" in out,
+                   f"s_client TLS 1.2 + ALPN: {out[-400:]}")
+            url = "https://localhost:%d/v1/chat/completions" % g.tls_addr[1]
+            for extra in (["--tlsv1.3"], ["--tlsv1.2", "--tls-max", "1.2"], ["--http2"]):
+                p = subprocess.run(["curl", "-sS", "--cacert", c["ca"]["cert"], *extra, url,
+                                    "-H", f"Authorization: Bearer {CLIENT_KEY}",
+                                    "-H", "Content-Type: application/json",
+                                    "-d", json.dumps(chat_body()), "-w", "\n%{http_code} %{http_version}"],
+                                   capture_output=True, text=True, timeout=20)
+                last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+                expect(p.returncode == 0 and last == "200 1.1",
+                       f"curl {extra}: rc={p.returncode} {last!r} {p.stderr[-300:]}")
+        finally:
+            g.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test(env="tls", fresh=True, timeout=60)
+def a_fleet_shares_ticket_keys(e):
+    """Two gateways reading one ticket_key_file resume each other's
+    sessions; a third with its own random keys does not."""
+    d = tempfile.mkdtemp(prefix="sluice-tls-tickets-")
+    keyfile = os.path.join(d, "tickets.key")
+    with open(keyfile, "wb") as f:
+        f.write(os.urandom(48))
+    c = certs()
+    tls = {"cert": c["localhost"]["cert"], "key": c["localhost"]["key"],
+           "ticket_key_file": keyfile}
+    a = Gateway(e, "tls-fleet-a", tls=tls)
+    b = Gateway(e, "tls-fleet-b", tls=tls)
+    lone = Gateway(e, "tls-fleet-lone")
+    try:
+        for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = client_ctx(v)
+            with TlsConn(a.tls_addr, ctx) as conn:
+                expect(chat_over(conn).status == 200, "node a")
+                session = conn.sock.session
+            with TlsConn(b.tls_addr, ctx, session=session) as conn:
+                expect(conn.sock.session_reused, f"{v.name}: node b did not resume a's session")
+                expect(chat_over(conn).status == 200, "node b")
+            with TlsConn(lone.tls_addr, ctx, session=session) as conn:
+                expect(not conn.sock.session_reused,
+                       f"{v.name}: a node with other ticket keys resumed the session")
+                expect(chat_over(conn).status == 200, "the lone node")
+    finally:
+        for g in (a, b, lone):
+            g.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@test(env="tls", fresh=True, timeout=30)
+def check_config_loads_the_certificates(e):
+    c = certs()
+    d = tempfile.mkdtemp(prefix="sluice-tls-check-")
+    try:
+        def check(tls, provider_extra=None):
+            cfg = deep_merge(base_config(e.mock_addr[1], os.path.join(d, "data")),
+                             {"listen": [{"address": "127.0.0.1:0", "tls": tls}]})
+            if provider_extra:
+                cfg["providers"]["mock-openai"].update(provider_extra)
+            path = os.path.join(d, "sluice.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            return subprocess.run([GATEWAY_BIN, "check-config", "-c", path],
+                                  capture_output=True, text=True, timeout=20)
+        ok = check({"cert": c["localhost"]["cert"], "key": c["localhost"]["key"]})
+        expect(ok.returncode == 0, f"a good TLS config: {ok.stderr}")
+        bad = check({"cert": c["localhost"]["cert"], "key": c["rsa"]["key"]})
+        expect(bad.returncode != 0 and "key" in bad.stderr,
+               f"a key that does not match its certificate: rc={bad.returncode} {bad.stderr}")
+        missing = check({"cert": os.path.join(d, "nope.pem"), "key": c["rsa"]["key"]})
+        expect(missing.returncode != 0 and "nope.pem" in missing.stderr,
+               f"a missing certificate file: {missing.stderr}")
+        ca = check({"cert": c["localhost"]["cert"], "key": c["localhost"]["key"]},
+                   {"base_url": "https://127.0.0.1:1/v1", "ca_file": os.path.join(d, "no-ca.pem")})
+        expect(ca.returncode != 0 and "no-ca.pem" in ca.stderr and "mock-openai" in ca.stderr,
+               f"a missing CA file: {ca.stderr}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 # --- https providers ---------------------------------------------------------
 
 env("tls_up", gateway=False, mock_tls=True, mock_threads=2)
