@@ -1575,6 +1575,41 @@ static int parse_rate(struct loader *ld, json_t *root)
 	return 0;
 }
 
+static int parse_routing(struct loader *ld, json_t *root)
+{
+	static const char *const keys[] = { "attempts_max", "backoff_ms", "backoff_max_ms",
+		                            "deadline_ms", "cooldown_ms", "cooldown_max_ms",
+		                            "circuit_failures", "circuit_window_ms", "circuit_open_ms",
+		                            NULL };
+	struct sl_routing_config *r = &ld->config->routing;
+	json_t *o;
+	int rc = read_object(ld, root, "routing", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "routing");
+	if ((rc = check_keys(ld, o, keys)) ||
+	    (rc = read_u32(ld, o, "attempts_max", 1, 8, &r->attempts_max)) ||
+	    (rc = read_u32(ld, o, "backoff_ms", 0, 60000, &r->backoff_ms)) ||
+	    (rc = read_u32(ld, o, "backoff_max_ms", 0, 600000, &r->backoff_max_ms)) ||
+	    (rc = read_timeout_ms(ld, o, "deadline_ms", &r->deadline_ms)) ||
+	    (rc = read_u32(ld, o, "cooldown_ms", 1, 3600000, &r->cooldown_ms)) ||
+	    (rc = read_u32(ld, o, "cooldown_max_ms", 1, 86400000, &r->cooldown_max_ms)) ||
+	    (rc = read_u32(ld, o, "circuit_failures", 1, 1000000, &r->circuit_failures)) ||
+	    (rc = read_timeout_ms(ld, o, "circuit_window_ms", &r->circuit_window_ms)) ||
+	    (rc = read_timeout_ms(ld, o, "circuit_open_ms", &r->circuit_open_ms)))
+		return rc;
+	if (r->backoff_max_ms < r->backoff_ms) {
+		path_push_key(ld, "backoff_max_ms");
+		return fail(ld, "must not be below backoff_ms");
+	}
+	if (r->cooldown_max_ms < r->cooldown_ms) {
+		path_push_key(ld, "cooldown_max_ms");
+		return fail(ld, "must not be below cooldown_ms");
+	}
+	path_pop(ld, old);
+	return 0;
+}
+
 static int parse_usage_log(struct loader *ld, json_t *root)
 {
 	static const char *const keys[] = { "enabled", "mode", "flush_ms", "buffer_bytes",
@@ -1731,6 +1766,17 @@ static void set_defaults(struct sl_config *c)
 	l->recv_buffers_per_core = 1024;
 	l->send_queue_buffers_max = 8;
 	l->tls_buffers_per_core = 1024;
+	c->routing = (struct sl_routing_config){
+		.attempts_max = 3,
+		.backoff_ms = 25,
+		.backoff_max_ms = 1000,
+		.deadline_ms = 30000,
+		.cooldown_ms = 1000,
+		.cooldown_max_ms = 60000,
+		.circuit_failures = 5,
+		.circuit_window_ms = 10000,
+		.circuit_open_ms = 10000,
+	};
 	l->memory_per_core_bytes = 268435456;
 	l->header_timeout_ms = 10000;
 	l->body_timeout_ms = 30000;
@@ -1759,7 +1805,7 @@ static int load_tree(struct loader *ld, json_t *root)
 {
 	static const char *const keys[] = { "listen", "admin", "data_dir", "threads", "limits",
 		                            "timeouts", "providers", "models", "tiers", "auth",
-		                            "rate_limits", "usage_log", NULL };
+		                            "rate_limits", "usage_log", "routing", NULL };
 	struct sl_config *c = ld->config;
 	const char *data_dir;
 	int rc;
@@ -1773,7 +1819,7 @@ static int load_tree(struct loader *ld, json_t *root)
 	    (rc = parse_limits(ld, root)) || (rc = parse_providers(ld, root)) ||
 	    (rc = parse_models(ld, root)) || (rc = parse_auth(ld, root)) ||
 	    (rc = parse_rate(ld, root)) || (rc = parse_usage_log(ld, root)) ||
-	    (rc = parse_tiers(ld, root)))
+	    (rc = parse_routing(ld, root)) || (rc = parse_tiers(ld, root)))
 		return rc;
 	if (!(c->data_dir = dup_string(data_dir ? data_dir : "data")))
 		return fail_oom(ld);

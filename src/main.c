@@ -254,6 +254,10 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		return 1;
 	}
 
+	struct sl_routing *route = NULL;
+	if (sl_route_create(cfg, &route) != 0)
+		return 1;
+
 	uint32_t id_prefix = 0;
 	RAND_bytes((uint8_t *)&id_prefix, sizeof id_prefix);
 	struct sl_reactor *reactors = calloc(n, sizeof *reactors);
@@ -273,6 +277,12 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		reactors[i].id_prefix = id_prefix;
 		reactors[i].gate = gate;
 		reactors[i].tls = tls;
+		reactors[i].route = route;
+		reactors[i].route_inflight =
+		        calloc(sl_route_num_keys(route) + 1, sizeof *reactors[i].route_inflight);
+		if (!reactors[i].route_inflight)
+			return 1;
+		RAND_bytes((uint8_t *)&reactors[i].rnd, sizeof reactors[i].rnd);
 	}
 	free(fds);
 	if (cfg->usage_log.enabled && open_usage_logs(cfg, gate, reactors, n) != 0)
@@ -315,6 +325,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 			char msg[320];
 			sl_gate_reload_keys(gate, reactors, n, msg, sizeof msg);
 			fprintf(stderr, "sluice: SIGHUP: %s\n", msg);
+			sl_route_reenable_keys(route); /* provider keys refused with 401/403 */
 			if (tls) {
 				struct quiesce q = { gate, reactors, n };
 				sl_tls_reload(tls, wait_quiescent, &q, msg, sizeof msg);
@@ -347,6 +358,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	free(next_seq);
 	sl_gate_free(gate); /* stops the reconciler; writes limits.state */
 	sl_tls_free(tls);
+	sl_route_free(route);
 	free(bound);
 	fprintf(stderr, "sluice: stopped\n");
 	return 0;

@@ -322,6 +322,11 @@ static const char *reset_text(struct sl_reactor *r, unsigned which, uint64_t uni
 #define LIMIT_HEADERS_BYTES_MAX 640
 static void w_limit_headers(struct sl_reactor *r, struct wbuf *w, const struct sl_conn *c)
 {
+	if (c->cx.attempts > 1) { /* the response of a retried request says so */
+		W_LIT(w, "x-sluice-attempts: ");
+		w_u64(w, c->cx.attempts);
+		W_LIT(w, "\r\n");
+	}
 	if (!c->cx.has_report || !c->cx.key.valid)
 		return;
 	const struct sl_limit_report *rep = &c->cx.report;
@@ -472,6 +477,9 @@ static bool input_reserve(struct sl_reactor *r, struct sl_conn *c, size_t need)
 
 static void client_process(struct sl_reactor *r, struct sl_conn *c);
 static void exchange_begin(struct sl_reactor *r, struct sl_conn *c);
+static void exchange_attempt(struct sl_reactor *r, struct sl_conn *c);
+static uint64_t next_rand(struct sl_reactor *r);
+static void attempt_end(struct sl_reactor *r, struct sl_conn *c);
 
 /* The request's bytes end here; what follows in c->in is the next request. */
 static size_t request_end(const struct sl_conn *c)
@@ -610,7 +618,7 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 	if (c->cx.target) {
 		const struct sl_model_target *t = c->cx.target;
 		const char *pname = cfg->providers[t->provider].name;
-		rec.attempts = (uint8_t)(1 + c->cx.retried);
+		rec.attempts = c->cx.attempts;
 		rec.provider = (struct sl_ustr){ pname, (uint8_t)SL_MIN(strlen(pname), 255u) };
 		rec.upstream_model = (struct sl_ustr){ t->model, (uint8_t)SL_MIN(strlen(t->model), 255u) };
 	} else {
@@ -691,8 +699,17 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 }
 
 /* The exchange of c ended (answered locally, by an error, or relayed). */
+static void attempt_end(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->cx.attempt_inflight) {
+		c->cx.attempt_inflight = false;
+		r->route_inflight[c->cx.attempt_key]--;
+	}
+}
+
 static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 {
+	attempt_end(r, c);
 	usage_log_record(r, c, false);
 	limits_finish(r, c);
 	if (c->state == SL_CLIENT_EXCHANGE)
@@ -1380,6 +1397,109 @@ static bool sse_error_event(struct sl_reactor *r, struct sl_conn *c, const char 
 	return true;
 }
 
+/* --- retries (route.h) --------------------------------------------------------------- */
+
+/* Could the exchange of c take another attempt now (a route exists, the
+ * attempt budget and deadline allow)? *backoff_ms: the wait before it. */
+enum retry_verdict {
+	RETRY_NO = 0,
+	RETRY_ROUTE, /* another attempt has somewhere to go */
+	RETRY_WAIT,  /* every route is cooling down: the next attempt answers 503 */
+};
+
+static enum retry_verdict attempt_retryable(struct sl_reactor *r, struct sl_conn *c,
+                                            uint64_t *backoff_ms)
+{
+	const struct sl_routing_config *rc = &r->config->routing;
+	if (c->cx.attempts >= rc->attempts_max || c->cx.attempts >= SL_ROUTE_ATTEMPTS_MAX)
+		return RETRY_NO;
+	*backoff_ms = sl_route_backoff_ms(rc, c->cx.attempts + 1u, next_rand(r));
+	if (r->now_ms + *backoff_ms > c->cx.attempts_deadline_ms)
+		return RETRY_NO;
+	struct sl_route_pick pick;
+	uint64_t retry_at;
+	int rc1 = sl_route_pick(r->route, r->route_inflight, c->cx.model_index, c->cx.tried,
+	                        c->cx.attempts, r->now_ms, 0, false, &pick, &retry_at);
+	if (rc1 == 0)
+		return RETRY_ROUTE;
+	/* nothing untried: the same (target, key) again, unless it is excluded */
+	int rc2 = sl_route_pick(r->route, r->route_inflight, c->cx.model_index, NULL, 0, r->now_ms, 0,
+	                        false, &pick, &retry_at);
+	if (rc2 == 0)
+		return RETRY_ROUTE;
+	return rc1 == -EAGAIN || rc2 == -EAGAIN ? RETRY_WAIT : RETRY_NO;
+}
+
+static void attempt_retry_later(struct sl_reactor *r, struct sl_conn *u, uint64_t backoff,
+                                unsigned status, const char *type, const char *message);
+
+/* Before any response byte, the attempt on u failed: tell route.h, then
+ * retry after a jittered backoff, or answer the client with the error. */
+static void attempt_failed(struct sl_reactor *r, struct sl_conn *u, enum sl_route_outcome o,
+                           uint64_t retry_after_ms, unsigned status, const char *type,
+                           const char *message)
+{
+	struct sl_conn *c = u->peer;
+	uint64_t backoff = 0;
+	if (c && c->cx.attempts)
+		sl_route_report(r->route, c->cx.model_index, &c->cx.tried[c->cx.attempts - 1], o,
+		                retry_after_ms, r->now_ms);
+	if (!c || c->closing || c->cx.response_started || !attempt_retryable(r, c, &backoff)) {
+		upstream_fail(r, u, status, type, message);
+		return;
+	}
+	attempt_retry_later(r, u, backoff, status, type, message);
+}
+
+/* Drops the attempt on u (its route outcome already reported) and starts
+ * the next one after backoff_ms. */
+static void attempt_retry_later(struct sl_reactor *r, struct sl_conn *u, uint64_t backoff,
+                                unsigned status, const char *type, const char *message)
+{
+	struct sl_conn *c = u->peer;
+	upstream_close(r, u); /* not pooled; the request input stays the client's */
+	attempt_end(r, c);
+	c->cx.last_status = (uint16_t)status;
+	snprintf(c->cx.last_type, sizeof c->cx.last_type, "%s", type ? type : error_type_for(status));
+	snprintf(c->cx.last_msg, sizeof c->cx.last_msg, "%s", message);
+	c->cx.retry_ts.tv_sec = (long long)(backoff / 1000);
+	c->cx.retry_ts.tv_nsec = (long long)(backoff % 1000) * 1000000;
+	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
+	io_uring_prep_timeout(sqe, &c->cx.retry_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_RETRY, c->gen, c->slot));
+	c->inflight++;
+	c->cx.retry_pending = true;
+}
+
+void sl_proxy_on_retry(struct sl_reactor *r, struct sl_conn *c)
+{
+	c->cx.retry_pending = false;
+	if (c->kind != SL_CONN_CLIENT || c->state != SL_CLIENT_EXCHANGE || c->peer)
+		return;
+	exchange_attempt(r, c);
+}
+
+/* A Retry-After the provider sent with a 429, in ms (0: none): OpenAI's
+ * retry-after-ms, else Retry-After in seconds. */
+static uint64_t retry_after_of(const struct sl_http_response *resp)
+{
+	uint64_t secs = 0;
+	for (uint32_t i = 0; i < resp->num_headers; i++) {
+		const struct sl_http_header *h = &resp->headers[i];
+		uint64_t v = 0;
+		size_t j = 0;
+		while (j < h->value_len && j < 12 && h->value[j] >= '0' && h->value[j] <= '9')
+			v = v * 10 + (uint64_t)(h->value[j++] - '0');
+		if (j == 0)
+			continue;
+		if (h->name_len == 14 && sl_ascii_ieq(h->name, "retry-after-ms", 14))
+			return SL_MAX(v, (uint64_t)1);
+		if (h->name_len == 11 && sl_ascii_ieq(h->name, "retry-after", 11))
+			secs = SL_MAX(v, (uint64_t)1);
+	}
+	return secs * 1000;
+}
+
 static void upstream_send_request(struct sl_reactor *r, struct sl_conn *u)
 {
 	struct sl_upstream_pool *pool = &r->upstreams[u->ux.provider];
@@ -1447,17 +1567,6 @@ static struct sl_conn *upstream_connect(struct sl_reactor *r, uint32_t provider,
 	sl_timer_arm(r, &u->timer, &r->upstreams[provider].connect_q);
 	r->stats.upstream_connects++;
 	return u;
-}
-
-static const struct sl_model_target *pick_target(const struct sl_model_config *m)
-{
-	/* Failover and weights land with the routing issue; for now the first
-	 * target of the best priority. */
-	const struct sl_model_target *best = &m->targets[0];
-	for (uint32_t i = 1; i < m->num_targets; i++)
-		if (m->targets[i].priority < best->priority)
-			best = &m->targets[i];
-	return best;
 }
 
 /*
@@ -1662,13 +1771,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	c->state = SL_CLIENT_EXCHANGE;
 	r->num_exchanges++;
 
-	struct sl_http_limits hl = http_limits(r);
-	struct sl_http_request req = { .headers = r->headers };
-	ssize_t n = sl_http_parse_request(c->in, c->cx.head_len, &req, &hl);
-	SL_ASSERT(n == (ssize_t)c->cx.head_len);
 	const char *body = c->in + c->cx.head_len;
 	size_t body_len = (size_t)c->cx.body_len;
-	enum sl_route route = (enum sl_route)c->cx.route;
 
 	size_t ms, me;
 	bool escaped;
@@ -1710,9 +1814,104 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	}
 	if (!exchange_admit(r, c, model, body, body_len))
 		return;
-	const struct sl_model_target *t = pick_target(model);
-	c->cx.target = t;
+	c->cx.attempts_deadline_ms = r->now_ms + cfg->routing.deadline_ms;
+	exchange_attempt(r, c);
+}
+
+static uint64_t next_rand(struct sl_reactor *r)
+{
+	/* xorshift64*: weights and jitter, not secrets */
+	uint64_t x = r->rnd ? r->rnd : 0x9E3779B97F4A7C15ull;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	r->rnd = x;
+	return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* No (target, key) can take an attempt: every one is cooling down or its
+ * circuit is open (503 with the earliest recovery), or none is usable. */
+static void exchange_no_route(struct sl_reactor *r, struct sl_conn *c, int rc, uint64_t retry_at)
+{
+	const struct sl_model_config *model = &r->config->models[c->cx.model_index];
+	char msg[MODEL_NAME_MAX + 160];
+	if (rc == -EAGAIN) {
+		uint64_t secs = retry_at > r->now_ms ? (retry_at - r->now_ms + 999) / 1000 : 1;
+		char hdr[48];
+		snprintf(hdr, sizeof hdr, "Retry-After: %llu\r\n", (unsigned long long)SL_MAX(secs, 1));
+		snprintf(msg, sizeof msg,
+		         "Every upstream of model '%s' is rate limited or failing; retry after %llu s",
+		         model->id, (unsigned long long)SL_MAX(secs, 1));
+		exchange_fail(r, c, 503, "overloaded", msg, hdr);
+	} else if (c->cx.attempts > 0) {
+		exchange_fail(r, c, c->cx.last_status, c->cx.last_type, c->cx.last_msg, NULL);
+	} else {
+		snprintf(msg, sizeof msg, "No usable upstream key for model '%s'", model->id);
+		exchange_fail(r, c, 503, "overloaded", msg, "Retry-After: 60\r\n");
+	}
+}
+
+/*
+ * exchange_attempt sends the admitted request to the next (target, key)
+ * route.h picks: converted if that target speaks the other format, from the
+ * request kept in c->in (every attempt replays it).
+ */
+static void exchange_attempt(struct sl_reactor *r, struct sl_conn *c)
+{
+	const struct sl_config *cfg = r->config;
+	const struct sl_model_config *model = &cfg->models[c->cx.model_index];
+	struct sl_route_pick pick;
+	uint64_t retry_at = 0;
+	uint64_t rnd = next_rand(r);
+	int prc = sl_route_pick(r->route, r->route_inflight, c->cx.model_index, c->cx.tried,
+	                        c->cx.attempts, r->now_ms, rnd, true, &pick, &retry_at);
+	if (prc && c->cx.attempts) {
+		/* every pair was tried: one that failed may be tried again */
+		uint64_t retry_at2 = 0;
+		int prc2 = sl_route_pick(r->route, r->route_inflight, c->cx.model_index, NULL, 0,
+		                         r->now_ms, rnd, true, &pick, &retry_at2);
+		if (prc2 == 0)
+			prc = 0;
+		else if (prc != -EAGAIN && prc2 == -EAGAIN) {
+			prc = prc2;
+			retry_at = retry_at2;
+		}
+	}
+	if (prc) {
+		exchange_no_route(r, c, prc, retry_at);
+		return;
+	}
+	struct sl_http_limits hl = http_limits(r);
+	struct sl_http_request req = { .headers = r->headers };
+	ssize_t n = sl_http_parse_request(c->in, c->cx.head_len, &req, &hl);
+	SL_ASSERT(n == (ssize_t)c->cx.head_len);
+	(void)n;
+	const char *body = c->in + c->cx.head_len;
+	size_t body_len = (size_t)c->cx.body_len;
+	enum sl_route route = (enum sl_route)c->cx.route;
+	size_t ms, me;
+	bool escaped;
+	int frc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
+	SL_ASSERT(frc == 0); /* exchange_begin found it */
+	(void)frc;
+	char name_buf[MODEL_NAME_MAX];
+	const char *name = body + ms;
+	ssize_t name_len = (ssize_t)(me - ms);
+	if (escaped) {
+		name_len = sl_json_unescape_string(body + ms, me - ms, name_buf, sizeof name_buf);
+		name = name_buf;
+	}
+
+	const struct sl_model_target *t = &model->targets[pick.target];
 	const struct sl_provider_config *p = &cfg->providers[t->provider];
+	c->cx.tried[c->cx.attempts++] = pick;
+	c->cx.target = t;
+	c->cx.attempt_key = sl_route_key_index(r->route, t->provider, pick.key);
+	c->cx.attempt_inflight = true;
+	r->route_inflight[c->cx.attempt_key]++;
+	/* an earlier attempt's conversion does not carry over */
+	c->cx.conv = NULL;
+	c->cx.tc = NULL;
 
 	/* Which path: pass-through, conversion, or answered here. */
 	bool convert;
@@ -1752,7 +1951,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	size_t extra = 512 + strlen(p->base_path) + strlen(p->host);
 	for (uint32_t i = 0; i < p->num_headers; i++)
 		extra += strlen(p->headers[i].name) + strlen(p->headers[i].value) + 4;
-	const struct sl_provider_key *key = &p->keys[0];
+	const struct sl_provider_key *key = &p->keys[pick.key];
 	extra += strlen(key->key);
 	/* A small pass-through body is copied behind the head: one plain send
 	 * instead of a four-part sendmsg costs less than the copy. */
@@ -2387,8 +2586,45 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		snprintf(msg, sizeof msg, "provider %s sent an invalid HTTP response: %s",
 		         r->config->providers[u->ux.provider].name,
 		         resp.error_message ? resp.error_message : "status 101");
-		upstream_fail(r, u, 502, "upstream_error", msg);
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg);
 		return false;
+	}
+	/* What the head says about this (target, key); a failure retries while
+	 * the route and the attempt budget allow. */
+	unsigned st = resp.status;
+	enum sl_route_outcome outcome = SL_ROUTE_OK;
+	if (st == 429)
+		outcome = SL_ROUTE_RATE_LIMITED;
+	else if (st == 401 || st == 403)
+		outcome = SL_ROUTE_AUTH;
+	else if (st == 500 || st == 502 || st == 503 || st == 529)
+		outcome = SL_ROUTE_FAILED;
+	if (c->cx.attempts) {
+		uint64_t backoff = 0;
+		const char *pname = r->config->providers[u->ux.provider].name;
+		sl_route_report(r->route, c->cx.model_index, &c->cx.tried[c->cx.attempts - 1], outcome,
+		                outcome == SL_ROUTE_RATE_LIMITED ? retry_after_of(&resp) : 0, r->now_ms);
+		enum retry_verdict v = outcome == SL_ROUTE_OK ? RETRY_NO
+		                                              : attempt_retryable(r, c, &backoff);
+		/* A lone key's own 429 is relayed as it is (the provider's body
+		 * and Retry-After); after retries the client gets the gateway's
+		 * 503 with the earliest recovery. */
+		if (v == RETRY_WAIT && outcome == SL_ROUTE_RATE_LIMITED && c->cx.attempts == 1)
+			v = RETRY_NO;
+		if (v != RETRY_NO) {
+			char msg[192];
+			snprintf(msg, sizeof msg, "provider %s answered %u", pname, st);
+			attempt_retry_later(r, u, backoff, st == 429 ? 429 : 502,
+			                    st == 429 ? "rate_limit_error" : "upstream_error", msg);
+			return false;
+		}
+		if (outcome == SL_ROUTE_AUTH) {
+			/* the provider refused the gateway's key, not the client's */
+			char msg[192];
+			snprintf(msg, sizeof msg, "provider %s refused the gateway's API key (%u)", pname, st);
+			upstream_fail(r, u, 502, "upstream_error", msg);
+			return false;
+		}
 	}
 	/* A small non-stream body that arrived with its head is copied behind the
 	 * new head (one send); an event stream is relayed from its buffers. */
@@ -2473,9 +2709,10 @@ static bool upstream_retry_stale(struct sl_reactor *r, struct sl_conn *u)
 	upstream_close(r, u);
 	if (c->closing)
 		return true;
-	c->cx.retried = true;
-	r->num_exchanges--;
-	exchange_begin(r, c);
+	c->cx.retried = true; /* a fresh connection, and not counted as an attempt */
+	attempt_end(r, c);
+	c->cx.attempts--;
+	exchange_attempt(r, c);
 	return true;
 }
 
@@ -2527,13 +2764,15 @@ void sl_proxy_on_eof(struct sl_reactor *r, struct sl_conn *c, int err)
 		pool_unlink(r, u);
 		upstream_close(r, u);
 		break;
-	case SL_UP_WAIT_HEAD:
+	case SL_UP_WAIT_HEAD: {
 		if (upstream_retry_stale(r, u))
 			break;
-		upstream_fail(r, u, 502, "upstream_error",
-		              err ? "the provider reset the connection before responding"
-		                  : "the provider closed the connection before responding");
+		char msg[192];
+		snprintf(msg, sizeof msg, "provider %s %s the connection before responding",
+		         r->config->providers[u->ux.provider].name, err ? "reset" : "closed");
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg);
 		break;
+	}
 	case SL_UP_BODY:
 		if (u->ux.framing == SL_BODY_UNTIL_CLOSE && err == 0) {
 			struct sl_conn *cl = u->peer;
@@ -2599,7 +2838,7 @@ void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *u, int res)
 		else
 			snprintf(msg, sizeof msg, "provider %s is unreachable: %s",
 			         r->config->providers[u->ux.provider].name, strerror(-res));
-		upstream_fail(r, u, 502, "connection_error", msg);
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "connection_error", msg);
 		return;
 	}
 	if (!u->peer) {
@@ -2635,11 +2874,14 @@ void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_ki
 		return;
 	case SL_TIMER_UP_CONNECT:
 		snprintf(msg, sizeof msg, "provider %s: connect timed out", provider);
-		upstream_fail(r, c, 502, "connection_error", msg);
+		attempt_failed(r, c, SL_ROUTE_FAILED, 0, 502, "connection_error", msg);
 		return;
 	case SL_TIMER_UP_FIRST:
 		snprintf(msg, sizeof msg, "provider %s did not answer in time", provider);
-		upstream_fail(r, c, 504, "upstream_timeout", msg);
+		if (c->state == SL_UP_WAIT_HEAD)
+			attempt_failed(r, c, SL_ROUTE_FAILED, 0, 504, "upstream_timeout", msg);
+		else
+			upstream_fail(r, c, 504, "upstream_timeout", msg);
 		return;
 	case SL_TIMER_UP_IDLE:
 		snprintf(msg, sizeof msg, "provider %s stalled mid-response", provider);
@@ -2658,6 +2900,7 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 		if (c->state == SL_CLIENT_EXCHANGE)
 			r->num_exchanges--;
 		r->num_clients--;
+		attempt_end(r, c);
 		usage_log_record(r, c, true);
 		limits_finish(r, c); /* a client gone mid-exchange */
 		sl_arena_release(&c->cx.arena);

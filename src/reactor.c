@@ -649,6 +649,14 @@ static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
 		}
 		break;
 	}
+	case SL_OP_RETRY: {
+		struct sl_conn *c = conn_of(r, ud);
+		c->inflight--;
+		if (!c->closing)
+			sl_proxy_on_retry(r, c);
+		conn_maybe_free(r, c);
+		break;
+	}
 	case SL_OP_CANCEL:
 		break;
 	default:
@@ -748,6 +756,7 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	if (r->buf_base)
 		munmap(r->buf_base, (size_t)r->buf_size * (r->buf_count + r->tls_buf_count));
 	free(r->tls_buf_free);
+	free(r->route_inflight);
 	sl_bufpool_destroy(&r->mem);
 	free(r->ovf_next);
 	free(r->ovf_off);

@@ -212,6 +212,22 @@ struct sl_usage_log_config {
 	uint32_t segment_age_max_s; /* rotate past this age (3600) */
 };
 
+/* "routing": retries, failover, cooldowns and circuits (route.h) */
+struct sl_routing_config {
+	uint32_t attempts_max;      /* upstream attempts per request, before its first byte (3) */
+	uint32_t backoff_ms;        /* before the 2nd attempt; doubles per attempt, jittered
+	                               50..100% (25) */
+	uint32_t backoff_max_ms;    /* (1000) */
+	uint32_t deadline_ms;       /* every attempt must start within this of the first (30000) */
+	uint32_t cooldown_ms;       /* a key's 429 without Retry-After: this, doubling per
+	                               429 in a row (1000) */
+	uint32_t cooldown_max_ms;   /* (60000) */
+	uint32_t circuit_failures;  /* failures of a target within the window that open its
+	                               circuit (5) */
+	uint32_t circuit_window_ms; /* (10000) */
+	uint32_t circuit_open_ms;   /* open; then one probe request (half-open) (10000) */
+};
+
 struct sl_config {
 	char *origin; /* file path, or "<embedded demo>" */
 	char *config_dir; /* the config file's directory ("." for a string) */
@@ -224,6 +240,7 @@ struct sl_config {
 	struct sl_auth_config auth;
 	struct sl_rate_config rate;
 	struct sl_usage_log_config usage_log;
+	struct sl_routing_config routing;
 	struct sl_tier_config *tiers;
 	uint32_t num_tiers;
 	struct sl_provider_config *providers;

@@ -26,6 +26,7 @@
 #include "sluice/router.h"
 #include "sluice/arena.h"
 #include "sluice/buf.h"
+#include "sluice/route.h"
 
 struct sl_convert_ctx;
 struct sl_gate;
@@ -246,6 +247,18 @@ struct sl_conn {
 		int64_t credit_hold;
 		uint32_t credit_plan;     /* paid by plan window credit_plan - 1; 0: the balance */
 		uint32_t images;          /* images/generations: images in the response */
+		/* routing (route.h): this exchange's attempts, before its
+		 * response's first byte */
+		uint8_t attempts;
+		bool attempt_inflight;    /* route_inflight[attempt_key] counts it */
+		bool retry_pending;       /* a backoff timeout is out (SL_OP_RETRY) */
+		uint16_t last_status;     /* the last failed attempt, for the final answer */
+		uint32_t attempt_key;     /* global key index of the attempt */
+		uint64_t attempts_deadline_ms;
+		struct sl_route_pick tried[SL_ROUTE_ATTEMPTS_MAX];
+		char last_type[24];
+		char last_msg[192];
+		struct __kernel_timespec retry_ts;
 		uint8_t img_tail_len;
 		char img_tail[10];        /* the last bytes of the previous piece */
 	} cx;
@@ -351,6 +364,11 @@ struct sl_reactor {
 	/* TLS (tls.h): decrypted records land in tls_buf_count more buffers
 	 * after the ring's (ids buf_count and up), on a free stack */
 	struct sl_tls *tls;
+	/* routing (route.h): shared health, this core's attempts in flight per
+	 * key, and a random state for weights and jitter */
+	struct sl_routing *route;
+	uint32_t *route_inflight;
+	uint64_t rnd;
 	uint32_t tls_buf_count;
 	uint32_t tls_buf_free_num;
 	uint16_t *tls_buf_free;
@@ -387,6 +405,7 @@ enum sl_op {
 	SL_OP_EVENTFD,
 	SL_OP_ULOG_WRITE, /* the usage log's group commit (usagelog.h) */
 	SL_OP_ULOG_FSYNC,
+	SL_OP_RETRY, /* a client's backoff before its next upstream attempt */
 };
 
 static inline uint64_t sl_ud(enum sl_op op, uint32_t gen, uint32_t slot)
@@ -468,5 +487,7 @@ void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *c, int res);
 void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_kind kind);
 void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c);
 void sl_proxy_on_shutdown(struct sl_reactor *r);
+/* The backoff of c's exchange elapsed: its next upstream attempt. */
+void sl_proxy_on_retry(struct sl_reactor *r, struct sl_conn *c);
 
 #endif

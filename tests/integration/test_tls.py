@@ -562,7 +562,10 @@ def https_provider_refusals_are_502_and_logged(e):
         del providers["p-skip"]["ca_file"]
         models = {f"m-{n}": f"p-{n}" for n in ("wronghost", "unknown_ca", "expired", "plain",
                                                 "skip")}
-        g = Gateway(e, "tls-refuse", over={"providers": providers, "models": tls_models(models)})
+        # one attempt per request: each refusal is seen as it is (retries and
+        # circuits are test_failover's)
+        g = Gateway(e, "tls-refuse", over={"providers": providers, "models": tls_models(models),
+                                           "routing": {"attempts_max": 1}})
         try:
             expect("WARNING: provider p-skip: tls_insecure_skip_verify" in g.log(),
                    "no loud warning for tls_insecure_skip_verify")
