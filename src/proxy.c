@@ -2704,14 +2704,15 @@ static bool upstream_retry_stale(struct sl_reactor *r, struct sl_conn *u)
 {
 	struct sl_conn *c = u->peer;
 	if (!c || !u->ux.reused || u->state != SL_UP_WAIT_HEAD || u->in_len || c->cx.retried ||
-	    c->cx.response_started)
+	    c->cx.response_started || c->cx.attempts >= SL_ROUTE_ATTEMPTS_MAX)
 		return false;
 	upstream_close(r, u);
 	if (c->closing)
 		return true;
-	c->cx.retried = true; /* a fresh connection, and not counted as an attempt */
+	/* at once, on a fresh connection; the provider may have seen the
+	 * request, so it counts as an attempt */
+	c->cx.retried = true;
 	attempt_end(r, c);
-	c->cx.attempts--;
 	exchange_attempt(r, c);
 	return true;
 }

@@ -6,7 +6,9 @@
  * Shape:
  *   - N worker threads, each with its own SO_REUSEPORT listener and epoll
  *     instance. Accepted sockets are non-blocking, edge-triggered and owned by
- *     the thread that accepted them: no locks on the request path.
+ *     the thread that accepted them: no shared locks on the request path
+ *     (a thread's own stats lock, contended only by /mock/stats; the shared
+ *     x-request-id table of x-mock-fault only for requests carrying it).
  *   - A connection has one input buffer (pipelined requests are answered
  *     strictly in order), one output buffer, at most one response in progress
  *     (a delayed head or a stream) and at most one pending timer. Timers live
@@ -36,11 +38,14 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -81,9 +86,17 @@
 #define EVENTS_MAX 256
 #define SNI_BYTES_MAX 255
 #define ACCEPTS_PER_WAKE 64
+#define FAULT_SPECS_MAX 32     /* SPECs of one request's x-mock-fault headers */
+#define FAULT_IDS_MAX 4096     /* x-request-ids remembered for times=N (ring) */
+#define FAULT_ID_BUCKETS 8192
+#define FAULT_ID_BYTES 128     /* a longer id: its first bytes, length and hash */
+#define RATE_ONE 1000000u      /* rate=P: P% as parts per million */
+#define KEYS_MAX 64            /* requests_by_key: distinct keys per thread (and listed) */
+#define KEY_BYTES_MAX 256      /* a longer key counts as its first 256 bytes */
 
 _Static_assert(HEAD_BYTES_MAX < IN_BYTES_INITIAL * 8, "a head fits after a few doublings");
 _Static_assert((EMBED_TABLE_LEN & (EMBED_TABLE_LEN - 1)) == 0, "table index is a mask");
+_Static_assert((FAULT_ID_BUCKETS & (FAULT_ID_BUCKETS - 1)) == 0, "bucket index is a mask");
 _Static_assert(TOOL_NAME_BYTES_MAX <= TOOL_NAMES_BYTES, "the first tool's name always fits");
 
 /* --- small growable byte buffer ---------------------------------------------- */
@@ -445,6 +458,10 @@ enum conn_state {
 
 enum stream_phase { PH_PRE = 0, PH_CONTENT, PH_POST };
 
+/* x-mock-fault KINDs */
+enum fault_kind { FK_NONE = 0, FK_STATUS, FK_DELAY, FK_RESET, FK_CLOSE, FK_MIDSTREAM };
+
+
 /* What to answer for one request: everything the response needs is copied
  * here, so the request bytes are consumed before a delayed answer. */
 struct job {
@@ -471,6 +488,9 @@ struct job {
 	bool has_text;     /* the answer has text content */
 	bool rich;         /* thinking, parallel calls or text + calls: the general generator */
 	bool stop_hit;     /* a stop sequence ended the text */
+	bool model_set;    /* the body has a "model" */
+	bool midstream;    /* x-mock-fault midstream: cut the answer, then RST */
+	uint8_t fault;     /* x-mock-fault reset/close/midstream applies (enum fault_kind) */
 	uint8_t ntools;    /* tool names collected in tool_names */
 	uint8_t stop_idx;  /* 1 + the first word index a stop sequence matches; 0: none */
 	uint8_t stop_len;
@@ -524,7 +544,10 @@ struct conn {
 	bool want_out; /* a stream paused until the output drains */
 	bool sent_continue;
 	bool chunk_active;
+	bool rst;       /* x-mock-fault reset/midstream: close with RST (SO_LINGER 0) */
+	bool no_notify; /* x-mock-fault close: FIN without a TLS close_notify */
 	int32_t heap_idx; /* -1: no timer */
+	int64_t rst_until_us; /* rst: wait for unsent bytes to leave until then */
 	int64_t deadline_us;
 	struct worker *w;
 	struct conn *prev, *next;
@@ -556,7 +579,14 @@ struct thread_stats {
 	atomic_ullong tls_full;    /* full handshakes completed */
 	atomic_ullong tls_resumed; /* handshakes that resumed a session */
 	atomic_ullong tls_failed;  /* handshakes that failed */
+	atomic_ullong faults;      /* x-mock-fault faults applied */
 	_Alignas(64) atomic_int lock;
+	uint32_t nkeys; /* requests_by_key (under lock) */
+	struct key_count {
+		uint64_t count;
+		uint32_t len;
+		char key[KEY_BYTES_MAX];
+	} keys[KEYS_MAX];
 	uint64_t sni_seq; /* 0: none (under lock, like last) */
 	uint32_t sni_len;
 	char sni[SNI_BYTES_MAX];
@@ -577,10 +607,12 @@ struct worker {
 	uint32_t heap_len, heap_cap;
 	int64_t now_us;
 	uint64_t id_seq;
+	uint64_t rng; /* x-mock-fault rate=P */
 	struct buf hb; /* response head */
 	struct buf sb; /* response body */
 	struct buf eb; /* one SSE event */
 	struct last_request *lr_copy;
+	struct key_count *keys_copy; /* KEYS_MAX: requests_by_key merged for /mock/stats */
 	struct sl_http_header hdrs[HEADERS_NUM_MAX];
 	struct sl_http_header stats_hdrs[HEADERS_NUM_MAX];
 };
@@ -723,6 +755,11 @@ static void conn_kill(struct conn *c)
 	struct worker *w = c->w;
 	if (SL_UNLIKELY(c->ssl) && !c->tls_done && c->tls_hello)
 		atomic_fetch_add_explicit(&w->st->tls_failed, 1, memory_order_relaxed);
+	if (SL_UNLIKELY(c->rst)) {
+		/* x-mock-fault reset/midstream: close with RST, not FIN */
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
 	close(c->fd);
 	timer_cancel(c);
 	if (c->prev)
@@ -975,6 +1012,7 @@ static void send_body(struct conn *c, unsigned status, const char *ctype, const 
                       bool cut)
 {
 	struct buf *h = &c->w->hb;
+	cut |= c->job.midstream;
 	build_head(c, h, status, ctype, (int64_t)body->len);
 	size_t send_len = c->job.head_only ? 0 : cut ? body->len / 2 : body->len;
 	conn_send(c, h->ptr, h->len, body->ptr, send_len);
@@ -2037,6 +2075,20 @@ static void respond_malformed(struct conn *c)
 static void respond_start(struct conn *c)
 {
 	struct job *j = &c->job;
+	if (SL_UNLIKELY(j->fault)) {
+		if (j->fault == FK_RESET) { /* no byte of an answer, then RST */
+			c->rst = true;
+			c->state = ST_CLOSING;
+			c->abrupt = true;
+			return;
+		}
+		if (j->fault == FK_CLOSE) { /* no byte of an answer, then FIN */
+			c->no_notify = true;
+			c->state = ST_CLOSING;
+			return;
+		}
+		c->rst = true; /* midstream: the answer is cut, then RST */
+	}
 	if (j->malformed) {
 		respond_malformed(c);
 		return;
@@ -2199,16 +2251,46 @@ static int header_flag(const struct sl_http_header *h)
 	return -1;
 }
 
-static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
+/* What handle_request needs from the other headers: the API key (for
+ * requests_by_key and key=), the client's x-request-id (times=N) and
+ * whether x-mock-fault is present at all. */
+struct hdr_info {
+	struct sl_str bearer; /* Authorization: Bearer KEY */
+	struct sl_str api_key; /* x-api-key: KEY */
+	struct sl_str key;    /* the one the route's format uses, or the other */
+	struct sl_str rid;    /* x-request-id */
+	bool fault;
+};
+
+static void parse_mock_headers(struct job *j, const struct sl_http_request *req,
+                               struct hdr_info *hi)
 {
 	for (uint32_t i = 0; i < req->num_headers; i++) {
 		const struct sl_http_header *h = &req->headers[i];
-		if (h->name_len <= 7 || !sl_ascii_ieq(h->name, "x-mock-", 7))
+		if (h->name_len <= 7 || !sl_ascii_ieq(h->name, "x-mock-", 7)) {
+			if (NAME_IS(h->name, h->name_len, "authorization")) {
+				if (h->value_len > 7 && sl_ascii_ieq(h->value, "bearer ", 7)) {
+					size_t k = 7;
+					while (k < h->value_len && (h->value[k] == ' ' || h->value[k] == '\t'))
+						k++;
+					hi->bearer.ptr = h->value + k;
+					hi->bearer.len = h->value_len - k;
+				}
+			} else if (NAME_IS(h->name, h->name_len, "x-api-key")) {
+				hi->api_key.ptr = h->value;
+				hi->api_key.len = h->value_len;
+			} else if (NAME_IS(h->name, h->name_len, "x-request-id")) {
+				hi->rid.ptr = h->value;
+				hi->rid.len = h->value_len;
+			}
 			continue;
+		}
 		const char *n = h->name + 7;
 		size_t nl = h->name_len - 7;
 		uint64_t v;
-		if (NAME_IS(n, nl, "status")) {
+		if (NAME_IS(n, nl, "fault")) {
+			hi->fault = true;
+		} else if (NAME_IS(n, nl, "status")) {
 			if (header_u64(h, 999, &v) && v >= 400 && v <= 599)
 				j->mock_status = (uint16_t)v;
 		} else if (NAME_IS(n, nl, "retry-after")) {
@@ -2256,6 +2338,337 @@ static void parse_mock_headers(struct job *j, const struct sl_http_request *req)
 			if (header_u64(h, CACHE_TOKENS_MAX, &v))
 				j->cache_write_1h = v;
 		}
+	}
+	struct sl_str first = j->fmt == FMT_ANTHROPIC ? hi->api_key : hi->bearer;
+	struct sl_str second = j->fmt == FMT_ANTHROPIC ? hi->bearer : hi->api_key;
+	hi->key = first.len ? first : second;
+}
+
+/* --- x-mock-fault ------------------------------------------------------------------------ */
+
+/* One SPEC: conditions (all must hold) and what to do. */
+struct fault_spec {
+	uint8_t kind;
+	bool has_times;
+	bool has_rate;
+	uint16_t status;
+	int64_t ra; /* -1: none */
+	uint64_t delay_ms;
+	uint64_t times;
+	uint32_t rate_ppm;
+	struct sl_str key;   /* ptr NULL: no key= condition */
+	struct sl_str model; /* ptr NULL: no model= condition */
+};
+
+/* The x-request-ids seen with x-mock-fault (times=N): a ring of the newest
+ * FAULT_IDS_MAX, chained in a hash table; shared by every thread. */
+static struct {
+	pthread_mutex_t mu;
+	uint32_t used;
+	uint32_t ring; /* the next slot to fill (the oldest once full) */
+	uint32_t bucket[FAULT_ID_BUCKETS]; /* 1 + the chain's first slot; 0: empty */
+	struct id_entry {
+		uint64_t hash;
+		uint32_t len;
+		uint32_t count;
+		uint32_t next; /* 1 + the next slot of the chain; 0: end */
+		char id[FAULT_ID_BYTES];
+	} e[FAULT_IDS_MAX];
+} g_ids = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static uint64_t hash_bytes(const char *s, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+	return h;
+}
+
+/* ids_seen counts one more request with this x-request-id and returns how
+ * many came before it. */
+static uint64_t ids_seen(struct sl_str id)
+{
+	uint64_t h = hash_bytes(id.ptr, id.len);
+	size_t cmp = SL_MIN(id.len, (size_t)FAULT_ID_BYTES);
+	uint32_t b = (uint32_t)(h & (FAULT_ID_BUCKETS - 1));
+	uint64_t prior = 0;
+	pthread_mutex_lock(&g_ids.mu);
+	for (uint32_t i = g_ids.bucket[b]; i; i = g_ids.e[i - 1].next) {
+		struct id_entry *e = &g_ids.e[i - 1];
+		if (e->hash == h && e->len == id.len && memcmp(e->id, id.ptr, cmp) == 0) {
+			prior = e->count;
+			if (e->count < UINT32_MAX)
+				e->count++;
+			pthread_mutex_unlock(&g_ids.mu);
+			return prior;
+		}
+	}
+	uint32_t slot = g_ids.ring;
+	g_ids.ring = (slot + 1) % FAULT_IDS_MAX;
+	struct id_entry *e = &g_ids.e[slot];
+	if (g_ids.used == FAULT_IDS_MAX) {
+		/* evict the oldest id: unlink it from its chain */
+		uint32_t *link = &g_ids.bucket[e->hash & (FAULT_ID_BUCKETS - 1)];
+		while (*link != slot + 1)
+			link = &g_ids.e[*link - 1].next;
+		*link = e->next;
+	} else {
+		g_ids.used++;
+	}
+	e->hash = h;
+	e->len = (uint32_t)id.len;
+	e->count = 1;
+	memcpy(e->id, id.ptr, cmp);
+	e->next = g_ids.bucket[b];
+	g_ids.bucket[b] = slot + 1;
+	pthread_mutex_unlock(&g_ids.mu);
+	return prior;
+}
+
+static void ids_reset(void)
+{
+	pthread_mutex_lock(&g_ids.mu);
+	memset(g_ids.bucket, 0, sizeof(g_ids.bucket));
+	g_ids.used = 0;
+	g_ids.ring = 0;
+	pthread_mutex_unlock(&g_ids.mu);
+}
+
+static uint64_t rng_next(struct worker *w)
+{
+	uint64_t z = (w->rng += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static struct sl_str str_trim(const char *p, const char *e)
+{
+	while (p < e && (*p == ' ' || *p == '\t'))
+		p++;
+	while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+		e--;
+	return (struct sl_str){ p, (size_t)(e - p) };
+}
+
+/* str_u64 reads a decimal number (digits only; larger values count as max). */
+static bool str_u64(struct sl_str s, uint64_t max, uint64_t *out)
+{
+	if (!s.len)
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < s.len; i++) {
+		if (s.ptr[i] < '0' || s.ptr[i] > '9')
+			return false;
+		if (v <= max)
+			v = v * 10 + (uint64_t)(s.ptr[i] - '0');
+	}
+	*out = v > max ? max : v;
+	return true;
+}
+
+/* str_rate reads a percentage 0..100 ("2.5") as parts per million. */
+static bool str_rate(struct sl_str s, uint32_t *ppm)
+{
+	uint64_t whole = 0, frac = 0, scale = 10000;
+	size_t i = 0;
+	for (; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++)
+		if ((whole = whole * 10 + (uint64_t)(s.ptr[i] - '0')) > 100)
+			return false;
+	size_t int_digits = i;
+	size_t frac_digits = 0;
+	if (i < s.len && s.ptr[i] == '.') {
+		for (i++; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++, frac_digits++)
+			if (scale > 1) {
+				scale /= 10;
+				frac += (uint64_t)(s.ptr[i] - '0') * scale;
+			}
+		if (!frac_digits)
+			return false;
+	}
+	if (i != s.len || !int_digits)
+		return false;
+	uint64_t v = whole * 10000 + frac;
+	if (v > RATE_ONE)
+		return false;
+	*ppm = (uint32_t)v;
+	return true;
+}
+
+static void fault_error(struct job *j, const char *what, struct sl_str spec)
+{
+	int n = snprintf(j->msg, sizeof(j->msg), "x-mock-fault: %s in \"%.*s\" (SPEC is "
+	                 "[key=K;][times=N;][rate=P;][model=M;][ra=S;]KIND, KIND one of 400..599, "
+	                 "reset, close, delay:MS, midstream)",
+	                 what, (int)SL_MIN(spec.len, (size_t)60), spec.ptr);
+	j->msg_len = (uint16_t)(n < 0 ? 0 : SL_MIN((size_t)n, sizeof(j->msg) - 1));
+	j->err_status = 400;
+	j->err_type = "invalid_request_error";
+}
+
+/* fault_kind_parse reads the KIND token of a SPEC. */
+static bool fault_kind_parse(struct sl_str t, struct fault_spec *f)
+{
+	uint64_t v;
+	if (t.len && t.ptr[0] >= '0' && t.ptr[0] <= '9') {
+		if (!str_u64(t, 999, &v) || v < 400 || v > 599)
+			return false;
+		f->kind = FK_STATUS;
+		f->status = (uint16_t)v;
+	} else if (NAME_IS(t.ptr, t.len, "reset")) {
+		f->kind = FK_RESET;
+	} else if (NAME_IS(t.ptr, t.len, "close")) {
+		f->kind = FK_CLOSE;
+	} else if (NAME_IS(t.ptr, t.len, "midstream")) {
+		f->kind = FK_MIDSTREAM;
+	} else if (t.len > 6 && sl_ascii_ieq(t.ptr, "delay:", 6)) {
+		struct sl_str ms = str_trim(t.ptr + 6, t.ptr + t.len);
+		if (!str_u64(ms, DELAY_MS_MAX, &f->delay_ms))
+			return false;
+		f->kind = FK_DELAY;
+	} else {
+		return false;
+	}
+	return true;
+}
+
+/* fault_parse appends the SPECs of one x-mock-fault value to specs[*n].
+ * False (with the 400 prepared in j) when one is malformed. */
+static bool fault_parse(struct job *j, const char *v, size_t len, struct fault_spec *specs,
+                        unsigned *n)
+{
+	const char *p = v, *end = v + len;
+	if (!str_trim(p, end).len)
+		return true; /* an empty value: no SPEC */
+	while (p <= end) {
+		const char *comma = memchr(p, ',', (size_t)(end - p));
+		const char *se = comma ? comma : end;
+		struct sl_str spec = str_trim(p, se);
+		p = se + 1;
+		if (!spec.len) {
+			fault_error(j, "an empty SPEC", (struct sl_str){ v, len });
+			return false;
+		}
+		if (*n == FAULT_SPECS_MAX) {
+			fault_error(j, "too many SPECs (32 at most)", spec);
+			return false;
+		}
+		struct fault_spec *f = &specs[*n];
+		memset(f, 0, sizeof(*f));
+		f->ra = -1;
+		const char *q = spec.ptr, *qe = spec.ptr + spec.len;
+		for (;;) {
+			const char *semi = memchr(q, ';', (size_t)(qe - q));
+			struct sl_str t = str_trim(q, semi ? semi : qe);
+			if (!t.len) {
+				fault_error(j, "an empty condition or KIND", spec);
+				return false;
+			}
+			if (!semi) { /* the last token: the KIND */
+				if (!fault_kind_parse(t, f)) {
+					fault_error(j, memchr(t.ptr, '=', t.len) ? "no KIND at the end"
+					                                          : "an unknown KIND", spec);
+					return false;
+				}
+				break;
+			}
+			q = semi + 1;
+			const char *eq = memchr(t.ptr, '=', t.len);
+			if (!eq) {
+				fault_error(j, "a condition without '=' (or a KIND before the end)", spec);
+				return false;
+			}
+			struct sl_str name = str_trim(t.ptr, eq);
+			struct sl_str val = str_trim(eq + 1, t.ptr + t.len);
+			uint64_t x;
+			if (!val.len) {
+				fault_error(j, "an empty value", spec);
+				return false;
+			}
+			if (NAME_IS(name.ptr, name.len, "key")) {
+				f->key = val;
+			} else if (NAME_IS(name.ptr, name.len, "model")) {
+				f->model = val;
+			} else if (NAME_IS(name.ptr, name.len, "times")) {
+				if (!str_u64(val, 1000000000000000000ull, &f->times)) {
+					fault_error(j, "times= needs a number", spec);
+					return false;
+				}
+				f->has_times = true;
+			} else if (NAME_IS(name.ptr, name.len, "rate")) {
+				if (!str_rate(val, &f->rate_ppm)) {
+					fault_error(j, "rate= needs a percentage 0..100", spec);
+					return false;
+				}
+				f->has_rate = true;
+			} else if (NAME_IS(name.ptr, name.len, "ra")) {
+				if (!str_u64(val, UINT32_MAX, &x)) {
+					fault_error(j, "ra= needs a number of seconds", spec);
+					return false;
+				}
+				f->ra = (int64_t)x;
+			} else {
+				fault_error(j, "an unknown condition", spec);
+				return false;
+			}
+		}
+		if (f->ra >= 0 && f->kind != FK_STATUS) {
+			fault_error(j, "ra= with a KIND that is not a status", spec);
+			return false;
+		}
+		(*n)++;
+	}
+	return true;
+}
+
+/* apply_faults reads every x-mock-fault header of the request (present: hi)
+ * and applies the first SPEC whose conditions hold. Called once the body
+ * is scanned (model=, midstream's event count). */
+static void apply_faults(struct conn *c, const struct sl_http_request *req,
+                         const struct hdr_info *hi)
+{
+	struct job *j = &c->job;
+	struct fault_spec specs[FAULT_SPECS_MAX];
+	unsigned n = 0;
+	for (uint32_t i = 0; i < req->num_headers; i++) {
+		const struct sl_http_header *h = &req->headers[i];
+		if (NAME_IS(h->name, h->name_len, "x-mock-fault") &&
+		    !fault_parse(j, h->value, h->value_len, specs, &n))
+			return;
+	}
+	if (!n)
+		return;
+	uint64_t prior = hi->rid.len ? ids_seen(hi->rid) : 0;
+	for (unsigned i = 0; i < n; i++) {
+		const struct fault_spec *f = &specs[i];
+		if (f->key.ptr && !(hi->key.len == f->key.len && memcmp(hi->key.ptr, f->key.ptr, f->key.len) == 0))
+			continue;
+		if (f->model.ptr && !(j->model_set && j->model_len == f->model.len &&
+		                      memcmp(j->model, f->model.ptr, f->model.len) == 0))
+			continue;
+		if (f->has_times && prior >= f->times)
+			continue;
+		if (f->has_rate && rng_next(c->w) % RATE_ONE >= f->rate_ppm)
+			continue;
+		atomic_fetch_add_explicit(&c->w->st->faults, 1, memory_order_relaxed);
+		switch (f->kind) {
+		case FK_STATUS:
+			j->mock_status = f->status;
+			if (f->ra >= 0)
+				j->retry_after_s = f->ra;
+			break;
+		case FK_DELAY:
+			j->first_byte_delay_ms = f->delay_ms;
+			break;
+		case FK_MIDSTREAM:
+			j->midstream = true;
+			j->disconnect_after = (int64_t)SL_MIN(j->steps, (uint64_t)2);
+			j->fault = f->kind;
+			break;
+		default:
+			j->fault = f->kind;
+		}
+		return;
 	}
 }
 
@@ -2439,8 +2852,10 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 				scan_stops(j, v);
 			break;
 		case 5:
-			if (STR_IS(k, "model"))
+			if (STR_IS(k, "model")) {
 				copy_json_string(v, j->model, sizeof(j->model), &j->model_len);
+				j->model_set = v.len >= 2 && v.ptr[0] == '"';
+			}
 			else if (STR_IS(k, "tools") && v.ptr[0] == '[' && j->ep != EP_COMPLETIONS)
 				scan_tools(j, v);
 			else if (STR_IS(k, "input") && j->ep == EP_EMBEDDINGS && v.ptr[0] == '[') {
@@ -2498,8 +2913,29 @@ static bool parse_body(struct job *j, const char *body, size_t len)
 	return js_ws(o.p, body + len) == body + len;
 }
 
+/* key_count adds one request for key (under st->lock). */
+static void key_count(struct thread_stats *st, struct sl_str key)
+{
+	size_t len = SL_MIN(key.len, (size_t)KEY_BYTES_MAX);
+	for (uint32_t i = 0; i < st->nkeys; i++) {
+		struct key_count *k = &st->keys[i];
+		if (k->len == len && memcmp(k->key, key.ptr, len) == 0) {
+			k->count++;
+			return;
+		}
+	}
+	if (st->nkeys == KEYS_MAX)
+		return; /* bounded: further keys are not counted */
+	struct key_count *k = &st->keys[st->nkeys++];
+	k->count = 1;
+	k->len = (uint32_t)len;
+	memcpy(k->key, key.ptr, len);
+}
+
+/* record_request keeps the request for last_request and counts key (a
+ * generation request's API key; len 0: none). */
 static void record_request(struct conn *c, const char *head, size_t head_len, const char *body,
-                           size_t body_len)
+                           size_t body_len, struct sl_str key)
 {
 	struct thread_stats *st = c->w->st;
 	uint64_t seq = atomic_fetch_add_explicit(&g_seq, 1, memory_order_relaxed) + 1;
@@ -2513,6 +2949,8 @@ static void record_request(struct conn *c, const char *head, size_t head_len, co
 	st->last.body_copied = (uint32_t)copy;
 	if (copy)
 		memcpy(st->last.body, body, copy);
+	if (key.len)
+		key_count(st, key);
 	spin_unlock(&st->lock);
 }
 
@@ -2521,7 +2959,9 @@ static void respond_stats(struct conn *c)
 	struct worker *w = c->w;
 	struct buf *b = &w->sb;
 	uint64_t accepted = 0, requests = 0, best = 0;
-	uint64_t tls_full = 0, tls_resumed = 0, tls_failed = 0, sni_best = 0;
+	uint64_t tls_full = 0, tls_resumed = 0, tls_failed = 0, sni_best = 0, faults = 0;
+	struct key_count *keys = w->keys_copy;
+	uint32_t nkeys = 0;
 	uint32_t sni_len = 0;
 	char sni[SNI_BYTES_MAX];
 	int64_t open = 0;
@@ -2533,7 +2973,22 @@ static void respond_stats(struct conn *c)
 		tls_full += atomic_load_explicit(&st->tls_full, memory_order_relaxed);
 		tls_resumed += atomic_load_explicit(&st->tls_resumed, memory_order_relaxed);
 		tls_failed += atomic_load_explicit(&st->tls_failed, memory_order_relaxed);
+		faults += atomic_load_explicit(&st->faults, memory_order_relaxed);
 		spin_lock(&st->lock);
+		for (uint32_t k = 0; k < st->nkeys; k++) {
+			const struct key_count *kc = &st->keys[k];
+			uint32_t m = 0;
+			while (m < nkeys && !(keys[m].len == kc->len && memcmp(keys[m].key, kc->key, kc->len) == 0))
+				m++;
+			if (m < nkeys) {
+				keys[m].count += kc->count;
+			} else if (nkeys < KEYS_MAX) {
+				keys[nkeys].count = kc->count;
+				keys[nkeys].len = kc->len;
+				memcpy(keys[nkeys].key, kc->key, kc->len);
+				nkeys++;
+			}
+		}
 		if (st->sni_seq > sni_best) {
 			sni_best = st->sni_seq;
 			sni_len = st->sni_len;
@@ -2558,6 +3013,17 @@ static void respond_stats(struct conn *c)
 	put_u64(b, open > 0 ? (uint64_t)open : 0);
 	PUT_LIT(b, ",\"requests\":");
 	put_u64(b, requests);
+	PUT_LIT(b, ",\"requests_by_key\":{");
+	for (uint32_t k = 0; k < nkeys; k++) {
+		if (k)
+			put_ch(b, ',');
+		put_ch(b, '"');
+		put_json_escaped(b, keys[k].key, keys[k].len);
+		PUT_LIT(b, "\":");
+		put_u64(b, keys[k].count);
+	}
+	PUT_LIT(b, "},\"faults_injected\":");
+	put_u64(b, faults);
 	PUT_LIT(b, ",\"tls_handshakes\":");
 	put_u64(b, tls_full);
 	PUT_LIT(b, ",\"tls_resumed\":");
@@ -2607,11 +3073,14 @@ static void respond_reset(struct conn *c)
 		atomic_store_explicit(&st->tls_full, 0, memory_order_relaxed);
 		atomic_store_explicit(&st->tls_resumed, 0, memory_order_relaxed);
 		atomic_store_explicit(&st->tls_failed, 0, memory_order_relaxed);
+		atomic_store_explicit(&st->faults, 0, memory_order_relaxed);
 		spin_lock(&st->lock);
+		st->nkeys = 0;
 		st->last.seq = 0;
 		st->sni_seq = 0;
 		spin_unlock(&st->lock);
 	}
+	ids_reset();
 	struct buf *b = &c->w->sb;
 	b->len = 0;
 	PUT_LIT(b, "{\"ok\":true}");
@@ -2670,8 +3139,11 @@ static void handle_request(struct conn *c, const struct sl_http_request *req, co
 		respond_reset(c);
 		return;
 	}
-	record_request(c, head, head_len, body, body_len);
-	parse_mock_headers(j, req);
+	struct hdr_info hi = { 0 };
+	parse_mock_headers(j, req, &hi);
+	bool generation = j->ep == EP_CHAT || j->ep == EP_COMPLETIONS || j->ep == EP_MESSAGES ||
+	                  j->ep == EP_EMBEDDINGS || j->ep == EP_IMAGES;
+	record_request(c, head, head_len, body, body_len, generation ? hi.key : (struct sl_str){ 0 });
 	j->input_tokens = SL_MAX(body_len / 4, (size_t)1);
 	j->created = (uint64_t)time(NULL);
 	if (!j->err_status && j->ep != EP_MODELS && j->ep != EP_MODEL)
@@ -2688,6 +3160,8 @@ static void handle_request(struct conn *c, const struct sl_http_request *req, co
 		j->embed_inputs = EMBED_INPUTS_MAX;
 	if (j->embed_inputs * j->embed_dims > EMBED_FLOATS_MAX)
 		j->embed_dims = SL_MAX(EMBED_FLOATS_MAX / j->embed_inputs, (uint64_t)1);
+	if (SL_UNLIKELY(hi.fault) && !j->err_status && !j->malformed)
+		apply_faults(c, req, &hi);
 	if (j->first_byte_delay_ms) {
 		c->state = ST_WAIT_FIRST_BYTE;
 		timer_set(c, j->first_byte_delay_ms);
@@ -2848,8 +3322,16 @@ static int conn_read_tls(struct conn *c, size_t space)
 static int conn_read(struct conn *c)
 {
 	if (c->in_len == c->in_cap) {
-		if (!c->in_off)
-			return 0; /* full while busy: read again once it is consumed */
+		if (!c->in_off) {
+			/* full while busy: read again once it is consumed; but a peer
+			 * that closed (FIN or RST) during a delay or a stream cancels
+			 * it (as the EOF behind these bytes would) */
+			if (c->peer_fin && (c->state == ST_WAIT_FIRST_BYTE || c->state == ST_STREAM)) {
+				conn_kill(c);
+				return -1;
+			}
+			return 0;
+		}
 		memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
 		c->in_len -= c->in_off;
 		c->in_off = 0;
@@ -2897,6 +3379,24 @@ static void conn_linger(struct conn *c)
 	}
 }
 
+/* rst_wait: before an RST, the bytes written so far (x-mock-fault
+ * midstream's head and partial answer) must have left the socket: an RST
+ * discards what is still unsent. True while some are (a short timer
+ * retries), for at most LINGER_MS. */
+static bool rst_wait(struct conn *c)
+{
+	int unsent = 0;
+	if (ioctl(c->fd, SIOCOUTQNSD, &unsent) < 0 || unsent <= 0)
+		return false;
+	int64_t now = c->w->now_us;
+	if (!c->rst_until_us)
+		c->rst_until_us = now + (int64_t)LINGER_MS * 1000;
+	if (now >= c->rst_until_us)
+		return false;
+	timer_set(c, 1);
+	return true;
+}
+
 /* conn_drive moves a connection forward after any event: answer what can be
  * answered, write, read, until it waits for the socket or a timer. */
 static void conn_drive(struct conn *c)
@@ -2925,10 +3425,12 @@ static void conn_drive(struct conn *c)
 		}
 		if (!pending && c->state == ST_CLOSING) {
 			if (c->abrupt) {
+				if (SL_UNLIKELY(c->rst) && rst_wait(c))
+					return;
 				conn_kill(c);
 				return;
 			}
-			if (SL_UNLIKELY(c->ssl)) {
+			if (SL_UNLIKELY(c->ssl) && !c->no_notify) {
 				/* close_notify (best effort): an abrupt close sends none, so a
 				 * client can tell a cut answer from a complete one */
 				ERR_clear_error();
@@ -2960,6 +3462,8 @@ static void conn_on_timer(struct conn *c)
 	case ST_LINGER:
 		conn_kill(c);
 		return;
+	case ST_CLOSING: /* rst_wait */
+		break;
 	default:
 		return;
 	}
@@ -3088,6 +3592,7 @@ static void *worker_main(void *arg)
 	free(w->sb.ptr);
 	free(w->eb.ptr);
 	free(w->lr_copy);
+	free(w->keys_copy);
 	return NULL;
 }
 
@@ -3322,8 +3827,10 @@ int main(int argc, char **argv)
 		if (w->stop_fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &sev) < 0)
 			die("sluice-mock: eventfd");
 		w->lr_copy = malloc(sizeof(*w->lr_copy));
-		if (!w->lr_copy)
+		w->keys_copy = malloc(sizeof(*w->keys_copy) * KEYS_MAX);
+		if (!w->lr_copy || !w->keys_copy)
 			die_oom();
+		w->rng = (uint64_t)now_us() * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() << 32 ^ (uint64_t)i;
 	}
 
 	sigset_t sigs;

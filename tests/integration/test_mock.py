@@ -291,6 +291,363 @@ def stats_record_60k_body(e):
            f"body_len {lr['body_len']}, recorded {len(lr['body'])} bytes")
 
 
+# --- x-mock-fault: conditional faults (key, attempt of a request id, rate) ---
+
+def key_headers(path, key):
+    """The API key as each format sends it: OpenAI Bearer, Anthropic x-api-key."""
+    if key is None:
+        return {}
+    if path.startswith("/v1/messages"):
+        return {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    return {"Authorization": f"Bearer {key}"}
+
+
+def fault_request(path, fault=None, key=None, rid=None, headers=None, body=None, stream=False):
+    h = dict(key_headers(path, key))
+    if fault is not None:
+        h["x-mock-fault"] = fault
+    if rid is not None:
+        h["x-request-id"] = rid
+    h.update(headers or {})
+    if body is None:
+        body = (messages_body("m-fault", stream=stream) if path.startswith("/v1/messages")
+                else chat_body("m-fault", stream=stream))
+    return build_request("POST", path, body, h)
+
+
+def fault_post(c, path, fault=None, key=None, rid=None, headers=None, body=None):
+    c.send(fault_request(path, fault, key, rid, headers, body))
+    return c.read_response()
+
+
+def new_rid():
+    return "req-" + os.urandom(8).hex()
+
+
+def read_until_closed(sock, timeout_s=5):
+    """Every byte until the peer closes: (data, "eof" | "reset")."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while True:
+        try:
+            got = sock.recv(1 << 16)
+        except ConnectionResetError:
+            return data, "reset"
+        except ssl.SSLEOFError:  # TLS: a FIN without close_notify
+            return data, "eof"
+        if not got:
+            return data, "eof"
+        data += got
+
+
+def expect_error_shape(r, status, path):
+    expect_status(r, status)
+    j = r.json()
+    if path.startswith("/v1/messages"):
+        expect(j.get("type") == "error" and isinstance(j.get("error"), dict) and j["error"].get("type"),
+               f"Anthropic error shape: {j!r}")
+    else:
+        expect(isinstance(j.get("error"), dict) and j["error"].get("message"), f"OpenAI error shape: {j!r}")
+    return j
+
+
+@test(env="mock")
+def fault_key_conditional_both_formats(e):
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        with Conn(e.mock_addr) as c:
+            for _ in range(2):  # every request with sk-a fails, every one with sk-b does not
+                j = expect_error_shape(fault_post(c, path, "key=sk-a;429", key="sk-a"), 429, path)
+                if path == "/v1/messages":
+                    expect(j["error"]["type"] == "rate_limit_error", f"{j!r}")
+                else:
+                    expect(j["error"].get("code") == "rate_limit_exceeded", f"{j!r}")
+                expect_json_response(fault_post(c, path, "key=sk-a;429", key="sk-b"))
+            # no key at all: key= never holds
+            expect_json_response(fault_post(c, path, "key=sk-a;429"))
+            # the first SPEC that holds applies
+            expect_status(fault_post(c, path, "key=sk-a;500, key=sk-b;503", key="sk-b"), 503)
+            expect_status(fault_post(c, path, "key=sk-a;500, key=sk-b;503", key="sk-a"), 500)
+    # each route reads its own format's header first
+    with Conn(e.mock_addr) as c:
+        both = {"x-api-key": "sk-x", "Authorization": "Bearer sk-y"}
+        expect_status(fault_post(c, "/v1/messages", "key=sk-x;502", headers=both), 502)
+        expect_json_response(fault_post(c, "/v1/messages", "key=sk-y;502", headers=both))
+        expect_status(fault_post(c, "/v1/chat/completions", "key=sk-y;502", headers=both), 502)
+        expect_json_response(fault_post(c, "/v1/chat/completions", "key=sk-x;502", headers=both))
+
+
+@test(env="mock")
+def fault_times_per_request_id(e):
+    path = "/v1/chat/completions"
+    rid = new_rid()
+    with Conn(e.mock_addr) as c:
+        got = [fault_post(c, path, "times=2;503", key="sk-a", rid=rid).status for _ in range(4)]
+        expect(got == [503, 503, 200, 200], f"attempts of one id: {got}, expected [503, 503, 200, 200]")
+    # a different id starts over (new connections: the table is not per connection)
+    other = new_rid()
+    got = []
+    for _ in range(3):
+        with Conn(e.mock_addr) as c:
+            got.append(fault_post(c, path, "times=2;503", key="sk-a", rid=other).status)
+    expect(got == [503, 503, 200], f"another id: {got}")
+    # attempts that matched no SPEC count too
+    rid = new_rid()
+    with Conn(e.mock_addr) as c:
+        expect_json_response(fault_post(c, path, "key=sk-a;times=1;500", key="sk-b", rid=rid))
+        expect_json_response(fault_post(c, path, "key=sk-a;times=1;500", key="sk-a", rid=rid))
+    # times=2;503 before key=sk-b;500: attempts 1-2 get 503, then 500 for ever
+    rid = new_rid()
+    with Conn(e.mock_addr) as c:
+        got = [fault_post(c, "/v1/messages", "times=2;503, key=sk-b;500", key="sk-b", rid=rid).status
+               for _ in range(4)]
+        expect(got == [503, 503, 500, 500], f"times then key: {got}")
+        # times=0 never holds
+        expect_json_response(fault_post(c, path, "times=0;503", key="sk-a", rid=new_rid()))
+        # without an x-request-id every request is a first attempt
+        got = [fault_post(c, path, "times=1;503", key="sk-a").status for _ in range(3)]
+        expect(got == [503, 503, 503], f"no x-request-id: {got}")
+
+
+@test(env="mock")
+def fault_times_table_reset_and_bounded(e):
+    path = "/v1/chat/completions"
+    rid = new_rid()
+    with Conn(e.mock_addr) as c:
+        expect_status(fault_post(c, path, "times=1;503", rid=rid), 503)
+        expect_status(fault_post(c, path, "times=1;503", rid=rid), 200)
+        e.mock_reset()  # forgets the ids
+        expect_status(fault_post(c, path, "times=1;503", rid=rid), 503)
+        expect_status(fault_post(c, path, "times=1;503", rid=rid), 200)
+        # 4096 newer ids push it out of the table: it starts over
+        for i in range(4096):
+            c.send(fault_request(path, "times=0;503", rid=f"{rid}-{i}"))
+            if i % 64 == 63:
+                for _ in range(64):
+                    expect_status(c.read_response(), 200)
+        expect_status(fault_post(c, path, "times=1;503", rid=rid), 503)
+
+
+@test(env="mock")
+def fault_retry_after(e):
+    with Conn(e.mock_addr) as c:
+        r = fault_post(c, "/v1/chat/completions", "key=sk-a;ra=3;429", key="sk-a")
+        expect_status(r, 429)
+        expect(r.header("retry-after") == "3", f"Retry-After {r.header('retry-after')!r}")
+        r = fault_post(c, "/v1/chat/completions", "key=sk-a;429", key="sk-a")
+        expect_status(r, 429)
+        expect(r.header("retry-after") is None, f"Retry-After {r.header('retry-after')!r} without ra=")
+        r = fault_post(c, "/v1/messages", "ra=1;529", key="sk-a")
+        j = expect_error_shape(r, 529, "/v1/messages")
+        expect(j["error"]["type"] == "overloaded_error", f"{j!r}")
+        expect(r.header("retry-after") == "1", f"Retry-After {r.header('retry-after')!r}")
+        # no SPEC holds: the other x-mock-* headers apply as usual
+        r = fault_post(c, "/v1/chat/completions", "key=sk-z;ra=3;429", key="sk-a",
+                       headers={"x-mock-status": 502, "x-mock-retry-after": 9})
+        expect_status(r, 502)
+        expect(r.header("retry-after") == "9", f"Retry-After {r.header('retry-after')!r}")
+
+
+@test(env="mock")
+def fault_reset_and_close(e):
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        for stream in (False, True):
+            with Conn(e.mock_addr) as c:
+                c.send(fault_request(path, "key=sk-a;reset", key="sk-a", stream=stream))
+                data, how = read_until_closed(c.sock)
+                expect(data == b"" and how == "reset", f"reset: {how} after {data[:100]!r}")
+            with Conn(e.mock_addr) as c:
+                c.send(fault_request(path, "key=sk-a;close", key="sk-a", stream=stream))
+                data, how = read_until_closed(c.sock)
+                expect(data == b"" and how == "eof", f"close: {how} after {data[:100]!r}")
+    # an earlier answer on the connection (pipelined) is delivered whole first
+    for kind, want in (("reset", "reset"), ("close", "eof")):
+        with Conn(e.mock_addr) as c:
+            c.send(fault_request("/v1/chat/completions", key="sk-a") +
+                   fault_request("/v1/chat/completions", f"key=sk-a;{kind}", key="sk-a"))
+            data, how = read_until_closed(c.sock)
+            expect(how == want, f"pipelined {kind}: {how}")
+            head, _, body = data.partition(b"\r\n\r\n")
+            expect(head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["object"] == "chat.completion",
+                   f"pipelined {kind}: first answer {data[:300]!r}")
+    # the mock closed those connections itself
+    eventually(lambda: e.mock_stats()["connections_open"] == 1, what="connections closed")
+
+
+@test(env="mock")
+def fault_midstream(e):
+    # stream: the head and 2 content events, then RST
+    for path, delta in (("/v1/chat/completions", b'"delta":{"content":'),
+                        ("/v1/messages", b'"type":"text_delta"')):
+        with Conn(e.mock_addr) as c:
+            c.send(fault_request(path, "midstream", key="sk-a", stream=True,
+                                 headers={"x-mock-tokens": 8}))
+            data, how = read_until_closed(c.sock)
+        expect(how == "reset", f"{path}: {how}")
+        expect(data.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in data, f"{path}: {data[:200]!r}")
+        expect(data.count(delta) == 2, f"{path}: {data.count(delta)} content events, expected 2: {data!r}"[:600])
+        expect(b"[DONE]" not in data and b"message_stop" not in data and not data.endswith(b"0\r\n\r\n"),
+               f"{path}: the stream must not end: {data[-200:]!r}")
+    # fewer than 2 content events: cut before the closing events
+    with Conn(e.mock_addr) as c:
+        c.send(fault_request("/v1/chat/completions", "midstream", stream=True, headers={"x-mock-tokens": 1}))
+        data, how = read_until_closed(c.sock)
+    expect(how == "reset" and data.count(b'"delta":{"content":') == 1 and b"[DONE]" not in data,
+           f"1 token: {how} {data[-200:]!r}")
+    # non-stream: the head and half the body, then RST (2 MB: more than the
+    # socket takes at once, so the RST must wait until the half has left)
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings"):
+        body = {"model": "emb", "input": "hi"} if path == "/v1/embeddings" else None
+        with Conn(e.mock_addr) as c:
+            c.send(fault_request(path, "key=sk-a;midstream", key="sk-a", body=body,
+                                 headers={"x-mock-response-bytes": 2000000}))
+            data, how = read_until_closed(c.sock)
+        head, _, got = data.partition(b"\r\n\r\n")
+        m = re.search(rb"\r\nContent-Length: (\d+)", head)
+        expect(how == "reset" and head.startswith(b"HTTP/1.1 200 ") and m, f"{path}: {how} {head!r}")
+        expect(len(got) == int(m.group(1)) // 2, f"{path}: {len(got)} of {m.group(1)} body bytes, expected half")
+
+
+@test(env="mock")
+def fault_delay(e):
+    with Conn(e.mock_addr) as c:
+        t0 = time.monotonic()
+        r = fault_post(c, "/v1/chat/completions", "key=sk-a;delay:400", key="sk-a")
+        took = r.t_head - t0
+        expect_json_response(r)
+        expect(0.38 <= took < 3, f"head after {took:.3f}s, expected ~0.4s")
+        t0 = time.monotonic()
+        r = fault_post(c, "/v1/chat/completions", "key=sk-a;delay:400", key="sk-b")
+        expect_json_response(r)
+        expect(r.t_head - t0 < 0.3, f"sk-b: head after {r.t_head - t0:.3f}s, expected no delay")
+        # the delayed answer is whatever the other headers ask for
+        t0 = time.monotonic()
+        r = fault_post(c, "/v1/messages", "delay:300", headers={"x-mock-status": 529})
+        expect_error_shape(r, 529, "/v1/messages")
+        expect(r.t_head - t0 >= 0.28, f"head after {r.t_head - t0:.3f}s")
+
+
+@test(env="mock")
+def fault_client_gone_during_delay(e):
+    # the gateway gives up on an attempt while the mock delays its first
+    # byte: the mock closes that connection at once (connections_open)
+    def open_conns():
+        return e.mock_stats()["connections_open"]  # the stats connection included
+    cases = [{"x-mock-fault": "delay:20000"}, {"x-mock-first-byte-delay-ms": 20000},
+             {"x-mock-fault": "key=sk-a;delay:20000", "x-mock-tokens": 3}]
+    for headers in cases:
+        for how in ("close", "shutdown", "request_then_fin", "pipelined_then_close"):
+            eventually(lambda: open_conns() == 1, what="no connection left over")
+            c = Conn(e.mock_addr)
+            try:
+                req = fault_request("/v1/chat/completions", key="sk-a", headers=headers, stream=True)
+                if how == "request_then_fin":  # the FIN right behind the request
+                    c.sock.sendall(req)
+                    c.sock.shutdown(socket.SHUT_WR)
+                else:
+                    if how == "pipelined_then_close":  # more than the input buffer holds behind it
+                        req += build_request("POST", "/v1/embeddings", {"model": "e", "input": "x" * 100000})
+                    c.send(req)
+                    eventually(lambda: open_conns() == 2, what="the connection open")
+                    if how == "shutdown":
+                        c.sock.shutdown(socket.SHUT_WR)
+                    else:
+                        c.close()
+                eventually(lambda: open_conns() == 1, what=f"{headers} {how}: the mock closed too")
+            finally:
+                c.close()
+
+
+@test(env="mock")
+def fault_rate(e):
+    path = "/v1/chat/completions"
+    with Conn(e.mock_addr) as c:
+        for fault, want in (("rate=0;429", 200), ("rate=100;429", 429), ("rate=0.0;429", 200),
+                            ("rate=100.0;429", 429)):
+            for i in range(50):
+                c.send(fault_request(path, fault, key="sk-a"))
+            got = [c.read_response().status for _ in range(50)]
+            expect(got == [want] * 50, f"{fault}: {got}")
+        n = 400
+        for i in range(n):
+            c.send(fault_request(path, "rate=50;429, rate=2.5;503", key="sk-a"))
+        got = [c.read_response().status for _ in range(n)]
+    fails = got.count(429)
+    # binomial(400, 0.5): sd 10; (400 - 429s) x 2.5%: ~5
+    expect(120 <= fails <= 280, f"rate=50: {fails} of {n}")
+    expect(set(got) <= {200, 429, 503} and got.count(503) <= 40, f"rate=2.5: {got.count(503)} 503s")
+
+
+@test(env="mock")
+def fault_model_condition(e):
+    with Conn(e.mock_addr) as c:
+        expect_status(fault_post(c, "/v1/chat/completions", "model=m-x;500", body=chat_body("m-x")), 500)
+        expect_json_response(fault_post(c, "/v1/chat/completions", "model=m-x;500", body=chat_body("m-y")))
+        expect_json_response(fault_post(c, "/v1/chat/completions", "model=mock-model;500",
+                                        body={"messages": []}))
+        expect_status(fault_post(c, "/v1/messages", "key=sk-a;model=m-x;500", key="sk-a",
+                                 body=messages_body("m-x")), 500)
+        expect_json_response(fault_post(c, "/v1/messages", "key=sk-a;model=m-x;500", key="sk-b",
+                                        body=messages_body("m-x")))
+
+
+@test(env="mock")
+def fault_malformed_spec(e):
+    bad = ["bogus", "key=sk-a", "429;key=sk-a", "key=sk-a;;429", "key=sk-a;429,", "times=x;503",
+           "times=-1;503", "rate=101;429", "rate=abc;429", "rate=;429", "ra=3;reset", "ra=x;429",
+           "200", "600", "delay:", "delay:abc", "colour=red;429", "key=;429", "key=sk-a;429, nope"]
+    rid = new_rid()
+    e.mock_reset()
+    with Conn(e.mock_addr) as c:
+        for path in ("/v1/chat/completions", "/v1/messages"):
+            for spec in bad:
+                r = fault_post(c, path, spec, key="sk-a", rid=rid)
+                j = expect_error_shape(r, 400, path)
+                msg = j["error"]["message"]
+                expect("x-mock-fault" in msg, f"{spec!r}: message {msg!r}")
+        # a malformed header is ignored whole: it did not count for times=
+        expect_status(fault_post(c, "/v1/chat/completions", "times=1;503", key="sk-a", rid=rid), 503)
+        # an empty value is no SPEC at all
+        expect_json_response(fault_post(c, "/v1/chat/completions", "", key="sk-a"))
+        # names and kinds are case-insensitive, spaces around tokens allowed
+        expect_status(fault_post(c, "/v1/chat/completions", " KEY = sk-a ; RA=2 ; 429 ", key="sk-a"), 429)
+    expect(e.mock_stats()["faults_injected"] == 2, f"faults_injected {e.mock_stats()['faults_injected']}")
+
+
+@test(env="mock")
+def fault_stats_requests_by_key(e):
+    e.mock_reset()
+    s = e.mock_stats()
+    expect(s["requests_by_key"] == {} and s["faults_injected"] == 0, f"after reset: {s!r}"[:300])
+    with Conn(e.mock_addr) as c:
+        for _ in range(3):
+            expect_json_response(fault_post(c, "/v1/chat/completions", key="sk-a"))
+        expect_status(fault_post(c, "/v1/chat/completions", "key=sk-a;429", key="sk-a"), 429)
+        expect_status(fault_post(c, "/v1/messages", "key=sk-b;529", key="sk-b"), 529)
+        expect_json_response(fault_post(c, "/v1/messages", "key=sk-a;529", key="sk-b"))
+        expect_json_response(fault_post(c, "/v1/embeddings", key="sk-a", body={"model": "e", "input": "x"}))
+        expect_json_response(fault_post(c, "/v1/chat/completions"))  # no key: not counted
+        c.send(build_request("GET", "/v1/models", headers=key_headers("/v1/models", "sk-a")))
+        expect_status(c.read_response(), 200)  # not a generation: not counted
+        c.send(fault_request("/v1/chat/completions", "key=sk-c;reset", key="sk-c"))
+        expect(read_until_closed(c.sock)[1] == "reset", "reset")
+    s = e.mock_stats()
+    expect(s["requests_by_key"] == {"sk-a": 5, "sk-b": 2, "sk-c": 1},
+           f"requests_by_key {s['requests_by_key']!r}")
+    expect(s["faults_injected"] == 3, f"faults_injected {s['faults_injected']}")
+    # bounded: 64 keys at most, later ones are not counted
+    with Conn(e.mock_addr) as c:
+        for i in range(70):
+            c.send(fault_request("/v1/chat/completions", key=f"sk-many-{i}"))
+        for _ in range(70):
+            expect_status(c.read_response(), 200)
+    byk = e.mock_stats()["requests_by_key"]
+    expect(len(byk) == 64 and byk.get("sk-a") == 5 and byk.get("sk-many-60") == 1
+           and "sk-many-61" not in byk, f"{len(byk)} keys: {sorted(byk)[-5:]}")
+    e.mock_reset()
+    s = e.mock_stats()
+    expect(s["requests_by_key"] == {} and s["faults_injected"] == 0, f"after reset: {s!r}"[:300])
+
+
 # --- thinking, parallel tool calls, cache tokens, stop sequences -------------
 
 WORDS = ["Hello", " from", " the", " mock", " provider", ".", " The", " quick", " brown",
@@ -917,6 +1274,58 @@ def tls_bad_options(e):
         r = run(*args)
         expect(r.returncode == 2 and msg in r.stderr, f"{args}: status {r.returncode}, stderr {r.stderr!r}")
         expect("ready on" not in r.stderr, f"{args}: started anyway")
+
+
+@test(env="mock_tls")
+def tls_faults(e):
+    e.mock_reset()
+    ctx = tls_context(e)
+    path = "/v1/chat/completions"
+    with tls_conn(e, ctx) as c:
+        expect_status(fault_post(c, path, "key=sk-a;ra=2;429", key="sk-a"), 429)
+        expect_json_response(fault_post(c, path, "key=sk-a;ra=2;429", key="sk-b"))
+    # TLS on memory BIOs: the raw socket tells an RST from a FIN
+    for kind, want in (("reset", "reset"), ("close", "eof")):
+        with Conn(e.mock_tls_addr) as c:
+            c.sock = _BioSocket(c.sock, ctx, "localhost")
+            c.send(fault_request(path, f"key=sk-a;{kind}", key="sk-a"))
+            data, how = read_until_closed(c.sock)
+            expect(data == b"" and how == want, f"TLS {kind}: {how} after {data[:100]!r}")
+    with Conn(e.mock_tls_addr) as c:
+        c.sock = _BioSocket(c.sock, ctx, "localhost")
+        c.send(fault_request("/v1/messages", "midstream", key="sk-a", stream=True))
+        data, how = read_until_closed(c.sock)
+        expect(how == "reset" and data.startswith(b"HTTP/1.1 200 ") and
+               data.count(b'"type":"text_delta"') == 2 and b"message_stop" not in data,
+               f"TLS midstream: {how} {data[-200:]!r}")
+    with tls_conn(e, ctx) as c:
+        t0 = time.monotonic()
+        r = fault_post(c, path, "key=sk-a;delay:300", key="sk-a")
+        expect_json_response(r)
+        expect(r.t_head - t0 >= 0.28, f"TLS delay: head after {r.t_head - t0:.3f}s")
+    s = e.mock_stats()
+    expect(s["faults_injected"] == 5 and s["requests_by_key"] == {"sk-a": 5, "sk-b": 1},
+           f"faults_injected {s['faults_injected']}, requests_by_key {s['requests_by_key']!r}")
+
+
+@test(env="mock_tls")
+def faults_across_threads(e):
+    # 2 mock threads: a request id's attempts and a key's requests are
+    # counted together whichever thread a connection lands on
+    e.mock_reset()
+    rid = new_rid()
+    got = []
+    for i in range(8):
+        if i % 2:
+            with tls_conn(e, tls_context(e)) as c:
+                got.append(fault_post(c, "/v1/messages", "times=5;503", key="sk-t", rid=rid).status)
+        else:
+            with Conn(e.mock_addr) as c:
+                got.append(fault_post(c, "/v1/messages", "times=5;503", key="sk-t", rid=rid).status)
+    expect(got == [503] * 5 + [200] * 3, f"attempts: {got}")
+    s = e.mock_stats()
+    expect(s["requests_by_key"] == {"sk-t": 8} and s["faults_injected"] == 5,
+           f"requests_by_key {s['requests_by_key']!r}, faults_injected {s['faults_injected']}")
 
 
 if __name__ == "__main__":
