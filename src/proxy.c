@@ -1843,7 +1843,7 @@ static void exchange_no_route(struct sl_reactor *r, struct sl_conn *c, int rc, u
 		         "Every upstream of model '%s' is rate limited or failing; retry after %llu s",
 		         model->id, (unsigned long long)SL_MAX(secs, 1));
 		exchange_fail(r, c, 503, "overloaded", msg, hdr);
-	} else if (c->cx.attempts > 0) {
+	} else if (c->cx.attempts > 0 && c->cx.last_status) {
 		exchange_fail(r, c, c->cx.last_status, c->cx.last_type, c->cx.last_msg, NULL);
 	} else {
 		snprintf(msg, sizeof msg, "No usable upstream key for model '%s'", model->id);
