@@ -1592,8 +1592,8 @@ static int parse_routing(struct loader *ld, json_t *root)
 	    (rc = read_u32(ld, o, "backoff_ms", 0, 60000, &r->backoff_ms)) ||
 	    (rc = read_u32(ld, o, "backoff_max_ms", 0, 600000, &r->backoff_max_ms)) ||
 	    (rc = read_timeout_ms(ld, o, "deadline_ms", &r->deadline_ms)) ||
-	    (rc = read_u32(ld, o, "cooldown_ms", 1, 3600000, &r->cooldown_ms)) ||
-	    (rc = read_u32(ld, o, "cooldown_max_ms", 1, 86400000, &r->cooldown_max_ms)) ||
+	    (rc = read_u32(ld, o, "cooldown_ms", 0, 3600000, &r->cooldown_ms)) ||
+	    (rc = read_u32(ld, o, "cooldown_max_ms", 0, 86400000, &r->cooldown_max_ms)) ||
 	    (rc = read_u32(ld, o, "circuit_failures", 1, 1000000, &r->circuit_failures)) ||
 	    (rc = read_timeout_ms(ld, o, "circuit_window_ms", &r->circuit_window_ms)) ||
 	    (rc = read_timeout_ms(ld, o, "circuit_open_ms", &r->circuit_open_ms)))

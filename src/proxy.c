@@ -1431,7 +1431,8 @@ static enum retry_verdict attempt_retryable(struct sl_reactor *r, struct sl_conn
 }
 
 static void attempt_retry_later(struct sl_reactor *r, struct sl_conn *u, uint64_t backoff,
-                                unsigned status, const char *type, const char *message);
+                                unsigned status, const char *type, const char *message,
+                                bool reusable);
 
 /* Before any response byte, the attempt on u failed: tell route.h, then
  * retry after a jittered backoff, or answer the client with the error. */
@@ -1448,16 +1449,20 @@ static void attempt_failed(struct sl_reactor *r, struct sl_conn *u, enum sl_rout
 		upstream_fail(r, u, status, type, message);
 		return;
 	}
-	attempt_retry_later(r, u, backoff, status, type, message);
+	attempt_retry_later(r, u, backoff, status, type, message, false);
 }
 
 /* Drops the attempt on u (its route outcome already reported) and starts
  * the next one after backoff_ms. */
 static void attempt_retry_later(struct sl_reactor *r, struct sl_conn *u, uint64_t backoff,
-                                unsigned status, const char *type, const char *message)
+                                unsigned status, const char *type, const char *message,
+                                bool reusable)
 {
 	struct sl_conn *c = u->peer;
-	upstream_close(r, u); /* not pooled; the request input stays the client's */
+	if (reusable)
+		upstream_release_to_pool(r, u); /* the error answer was whole: keep the connection */
+	else
+		upstream_close(r, u); /* the request input stays the client's */
 	attempt_end(r, c);
 	c->cx.last_status = (uint16_t)status;
 	snprintf(c->cx.last_type, sizeof c->cx.last_type, "%s", type ? type : error_type_for(status));
@@ -2614,8 +2619,15 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		if (v != RETRY_NO) {
 			char msg[192];
 			snprintf(msg, sizeof msg, "provider %s answered %u", pname, st);
+			/* a whole error answer in hand on a keep-alive connection: the
+			 * connection goes back to the pool instead of a reconnect */
+			bool whole = resp.framing == SL_BODY_NONE ||
+			             (resp.framing == SL_BODY_LENGTH &&
+			              resp.content_length == src_len - (size_t)n);
+			u->ux.resp_keep_alive = resp.keep_alive && whole;
 			attempt_retry_later(r, u, backoff, st == 429 ? 429 : 502,
-			                    st == 429 ? "rate_limit_error" : "upstream_error", msg);
+			                    st == 429 ? "rate_limit_error" : "upstream_error", msg,
+			                    u->ux.resp_keep_alive);
 			return false;
 		}
 		if (outcome == SL_ROUTE_AUTH) {

@@ -254,6 +254,8 @@ void sl_route_report(struct sl_routing *rt, uint32_t model_index, const struct s
 		break;
 	case SL_ROUTE_RATE_LIMITED: {
 		uint64_t wait = retry_after_ms;
+		if (wait == 0 && rc->cooldown_ms == 0)
+			break; /* configured: a bare 429 is noise, not an exhausted key */
 		if (wait == 0) {
 			uint32_t s = atomic_fetch_add(&kh->strikes, 1);
 			wait = rc->cooldown_ms;

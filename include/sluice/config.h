@@ -220,7 +220,7 @@ struct sl_routing_config {
 	uint32_t backoff_max_ms;    /* (1000) */
 	uint32_t deadline_ms;       /* every attempt must start within this of the first (30000) */
 	uint32_t cooldown_ms;       /* a key's 429 without Retry-After: this, doubling per
-	                               429 in a row (1000) */
+	                               429 in a row (1000; 0: no cooldown) */
 	uint32_t cooldown_max_ms;   /* (60000) */
 	uint32_t circuit_failures;  /* failures of a target within the window that open its
 	                               circuit (5) */
