@@ -1782,6 +1782,10 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	size_t ms, me;
 	bool escaped;
 	int rc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
+	/* kept for every attempt: the scan is a pass over the whole body */
+	c->cx.model_start = (uint32_t)ms;
+	c->cx.model_end = (uint32_t)me;
+	c->cx.model_escaped = escaped;
 	if (rc != 0) {
 		exchange_fail(r, c, 400, NULL,
 		              rc == -ENOENT   ? "you must provide a model parameter"
@@ -1894,11 +1898,8 @@ static void exchange_attempt(struct sl_reactor *r, struct sl_conn *c)
 	const char *body = c->in + c->cx.head_len;
 	size_t body_len = (size_t)c->cx.body_len;
 	enum sl_route route = (enum sl_route)c->cx.route;
-	size_t ms, me;
-	bool escaped;
-	int frc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
-	SL_ASSERT(frc == 0); /* exchange_begin found it */
-	(void)frc;
+	size_t ms = c->cx.model_start, me = c->cx.model_end; /* exchange_begin found it */
+	bool escaped = c->cx.model_escaped;
 	char name_buf[MODEL_NAME_MAX];
 	const char *name = body + ms;
 	ssize_t name_len = (ssize_t)(me - ms);

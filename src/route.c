@@ -131,6 +131,19 @@ int sl_route_pick(struct sl_routing *rt, const uint32_t *inflight, uint32_t mode
 	struct target_health *ths = &rt->targets[rt->target_base[model_index]];
 	uint64_t earliest = UINT64_MAX;
 	bool any_waiting = false;
+	/* the common case, one target with one key, healthy: no search */
+	if (m->num_targets == 1 && cfg->providers[m->targets[0].provider].num_keys == 1 &&
+	    !tried_pair(tried, num_tried, 0, 0)) {
+		struct key_health *kh = &rt->keys[rt->key_base[m->targets[0].provider]];
+		uint64_t until = 0;
+		if (!atomic_load_explicit(&kh->disabled, memory_order_relaxed) &&
+		    atomic_load_explicit(&kh->cooldown_until_ms, memory_order_relaxed) <= now_ms &&
+		    circuit_allows(&ths[0], now_ms, commit, cfg->routing.circuit_open_ms, &until)) {
+			out->target = 0;
+			out->key = 0;
+			return 0;
+		}
+	}
 	/* priorities ascending: the lowest value not yet done */
 	uint32_t done_below = 0;
 	for (;;) {

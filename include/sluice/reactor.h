@@ -250,6 +250,8 @@ struct sl_conn {
 		/* routing (route.h): this exchange's attempts, before its
 		 * response's first byte */
 		uint8_t attempts;
+		bool model_escaped;       /* the body's "model" value has escapes */
+		uint32_t model_start, model_end; /* the value's offsets in the body */
 		bool attempt_inflight;    /* route_inflight[attempt_key] counts it */
 		bool retry_pending;       /* a backoff timeout is out (SL_OP_RETRY) */
 		uint16_t last_status;     /* the last failed attempt, for the final answer */
