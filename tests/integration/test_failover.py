@@ -61,6 +61,8 @@ def overrides(port):
 
 
 env("fo", overrides)
+env("fo_backoff", lambda port: dict(overrides(port), routing={
+    "backoff_ms": 400, "backoff_max_ms": 400}))
 env("fo_circuit", lambda port: dict(overrides(port), routing={
     "backoff_ms": 10, "backoff_max_ms": 20, "attempts_max": 1,
     "circuit_failures": 3, "circuit_window_ms": 5000, "circuit_open_ms": int(800 * TIME_SCALE)}))
@@ -215,6 +217,45 @@ def idle_stream_is_cut_not_retried(e):
              stream=True)
     expect(r.status == 200 and "[DONE]" not in sse_data(r.events), "an idle stream must be cut")
     expect(stats(e)["requests"] == 2, "an idle stream was retried")
+
+
+@test(env="fo", fresh=True)
+def client_abort_mid_stream_cancels_the_upstream_at_once(e):
+    base = stats(e)["connections_open"]
+    # mid-stream: the upstream connection closes within a fraction of a second
+    c = Conn(e.addr, 10)
+    c.send(build_request("POST", "/v1/chat/completions", chat_body(model="m-one-key", stream=True),
+                         dict(AUTH, **{"x-mock-tokens": 500, "x-mock-token-delay-ms": 20})))
+    r = c.read_head()
+    expect(r.status == 200, f"{r.status}")
+    eventually(lambda: stats(e)["connections_open"] >= base + 1, 3, what="the upstream stream")
+    t0 = time.monotonic()
+    c.close()
+    eventually(lambda: stats(e)["connections_open"] <= base, 2, interval_s=0.01,
+               what="the upstream connection closed after the client left")
+    took = time.monotonic() - t0
+    expect(took < 0.5 * TIME_SCALE, f"the upstream was cancelled {took * 1000:.0f} ms later")
+
+
+@test(env="fo_backoff", fresh=True)
+def a_client_gone_during_a_backoff_gets_no_more_attempts(e):
+    e.mock_reset()
+    c = Conn(e.addr, 10)
+    c.send(build_request("POST", "/v1/chat/completions", chat_body(model="m-two-keys"),
+                         dict(AUTH, **{"x-mock-fault": "times=1;503"})))
+    # the first attempt's 503 is in; the backoff (200..400 ms here) runs
+    eventually(lambda: sum(by_key(e).values()) >= 1, 3, interval_s=0.005,
+               what="the first attempt")
+    c.close()
+    t0 = time.monotonic()
+    # past any backoff of this env, a retry would have reached the mock
+    while time.monotonic() - t0 < 0.6 * TIME_SCALE:
+        expect(sum(by_key(e).values()) == 1,
+               f"an attempt was made for a client that had left: {by_key(e)}")
+        time.sleep(0.05)
+    # and the gateway is fine
+    r = chat(e, "m-two-keys")
+    expect(r.status == 200, f"{r.status}")
 
 
 @test(env="fo_circuit", fresh=True)
