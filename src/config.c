@@ -1580,7 +1580,7 @@ static int parse_routing(struct loader *ld, json_t *root)
 	static const char *const keys[] = { "attempts_max", "backoff_ms", "backoff_max_ms",
 		                            "deadline_ms", "cooldown_ms", "cooldown_max_ms",
 		                            "circuit_failures", "circuit_window_ms", "circuit_open_ms",
-		                            NULL };
+		                            "retry_unconfirmed", NULL };
 	struct sl_routing_config *r = &ld->config->routing;
 	json_t *o;
 	int rc = read_object(ld, root, "routing", false, &o);
@@ -1596,7 +1596,8 @@ static int parse_routing(struct loader *ld, json_t *root)
 	    (rc = read_u32(ld, o, "cooldown_max_ms", 0, 86400000, &r->cooldown_max_ms)) ||
 	    (rc = read_u32(ld, o, "circuit_failures", 1, 1000000, &r->circuit_failures)) ||
 	    (rc = read_timeout_ms(ld, o, "circuit_window_ms", &r->circuit_window_ms)) ||
-	    (rc = read_timeout_ms(ld, o, "circuit_open_ms", &r->circuit_open_ms)))
+	    (rc = read_timeout_ms(ld, o, "circuit_open_ms", &r->circuit_open_ms)) ||
+	    (rc = read_bool(ld, o, "retry_unconfirmed", &r->retry_unconfirmed)))
 		return rc;
 	if (r->backoff_max_ms < r->backoff_ms) {
 		path_push_key(ld, "backoff_max_ms");
@@ -1776,6 +1777,7 @@ static void set_defaults(struct sl_config *c)
 		.circuit_failures = 5,
 		.circuit_window_ms = 10000,
 		.circuit_open_ms = 10000,
+		.retry_unconfirmed = true,
 	};
 	l->memory_per_core_bytes = 268435456;
 	l->header_timeout_ms = 10000;

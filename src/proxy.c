@@ -1434,18 +1434,29 @@ static void attempt_retry_later(struct sl_reactor *r, struct sl_conn *u, uint64_
                                 unsigned status, const char *type, const char *message,
                                 bool reusable);
 
+/* Did u's request go out whole? (If not, a failure proves the provider
+ * cannot have started on it.) */
+static bool request_sent(const struct sl_conn *u)
+{
+	return u->state == SL_UP_WAIT_HEAD && !u->send_busy && u->sq.num == 0;
+}
+
 /* Before any response byte, the attempt on u failed: tell route.h, then
  * retry after a jittered backoff, or answer the client with the error. */
 static void attempt_failed(struct sl_reactor *r, struct sl_conn *u, enum sl_route_outcome o,
                            uint64_t retry_after_ms, unsigned status, const char *type,
-                           const char *message)
+                           const char *message, bool unsure)
 {
 	struct sl_conn *c = u->peer;
 	uint64_t backoff = 0;
 	if (c && c->cx.attempts)
 		sl_route_report(r->route, c->cx.model_index, &c->cx.tried[c->cx.attempts - 1], o,
 		                retry_after_ms, r->now_ms);
-	if (!c || c->closing || c->cx.response_started || !attempt_retryable(r, c, &backoff)) {
+	/* unsure: the provider may have started generating (the whole request
+	 * went out, then a reset, a timeout, a 500): retried only if the
+	 * operator allows it (routing.retry_unconfirmed) */
+	if (!c || c->closing || c->cx.response_started ||
+	    (unsure && !r->config->routing.retry_unconfirmed) || !attempt_retryable(r, c, &backoff)) {
 		upstream_fail(r, u, status, type, message);
 		return;
 	}
@@ -2592,7 +2603,7 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		snprintf(msg, sizeof msg, "provider %s sent an invalid HTTP response: %s",
 		         r->config->providers[u->ux.provider].name,
 		         resp.error_message ? resp.error_message : "status 101");
-		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg);
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg, true);
 		return false;
 	}
 	/* What the head says about this (target, key); a failure retries while
@@ -2610,8 +2621,13 @@ static bool upstream_on_data(struct sl_reactor *r, struct sl_conn *u, uint16_t b
 		const char *pname = r->config->providers[u->ux.provider].name;
 		sl_route_report(r->route, c->cx.model_index, &c->cx.tried[c->cx.attempts - 1], outcome,
 		                outcome == SL_ROUTE_RATE_LIMITED ? retry_after_of(&resp) : 0, r->now_ms);
-		enum retry_verdict v = outcome == SL_ROUTE_OK ? RETRY_NO
-		                                              : attempt_retryable(r, c, &backoff);
+		/* 429, 503, 529 and 401/403 prove the provider did not take the
+		 * request on; a 500 or 502 does not */
+		bool unsure = st == 500 || st == 502;
+		enum retry_verdict v = outcome == SL_ROUTE_OK ||
+		                                       (unsure && !r->config->routing.retry_unconfirmed)
+		                               ? RETRY_NO
+		                               : attempt_retryable(r, c, &backoff);
 		/* A lone key's own 429 is relayed as it is (the provider's body
 		 * and Retry-After); after retries the client gets the gateway's
 		 * 503 with the earliest recovery. */
@@ -2784,7 +2800,7 @@ void sl_proxy_on_eof(struct sl_reactor *r, struct sl_conn *c, int err)
 		char msg[192];
 		snprintf(msg, sizeof msg, "provider %s %s the connection before responding",
 		         r->config->providers[u->ux.provider].name, err ? "reset" : "closed");
-		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg);
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "upstream_error", msg, request_sent(u));
 		break;
 	}
 	case SL_UP_BODY:
@@ -2852,7 +2868,7 @@ void sl_proxy_on_connect(struct sl_reactor *r, struct sl_conn *u, int res)
 		else
 			snprintf(msg, sizeof msg, "provider %s is unreachable: %s",
 			         r->config->providers[u->ux.provider].name, strerror(-res));
-		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "connection_error", msg);
+		attempt_failed(r, u, SL_ROUTE_FAILED, 0, 502, "connection_error", msg, false);
 		return;
 	}
 	if (!u->peer) {
@@ -2888,12 +2904,12 @@ void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_ki
 		return;
 	case SL_TIMER_UP_CONNECT:
 		snprintf(msg, sizeof msg, "provider %s: connect timed out", provider);
-		attempt_failed(r, c, SL_ROUTE_FAILED, 0, 502, "connection_error", msg);
+		attempt_failed(r, c, SL_ROUTE_FAILED, 0, 502, "connection_error", msg, false);
 		return;
 	case SL_TIMER_UP_FIRST:
 		snprintf(msg, sizeof msg, "provider %s did not answer in time", provider);
 		if (c->state == SL_UP_WAIT_HEAD)
-			attempt_failed(r, c, SL_ROUTE_FAILED, 0, 504, "upstream_timeout", msg);
+			attempt_failed(r, c, SL_ROUTE_FAILED, 0, 504, "upstream_timeout", msg, true);
 		else
 			upstream_fail(r, c, 504, "upstream_timeout", msg);
 		return;

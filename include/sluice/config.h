@@ -226,6 +226,9 @@ struct sl_routing_config {
 	                               circuit (5) */
 	uint32_t circuit_window_ms; /* (10000) */
 	uint32_t circuit_open_ms;   /* open; then one probe request (half-open) (10000) */
+	bool retry_unconfirmed;     /* also retry failures that do not prove the provider
+	                               did not start (reset/timeout after the whole request
+	                               was sent, 500, 502) (true) */
 };
 
 struct sl_config {

@@ -63,6 +63,8 @@ def overrides(port):
 env("fo", overrides)
 env("fo_backoff", lambda port: dict(overrides(port), routing={
     "backoff_ms": 400, "backoff_max_ms": 400}))
+env("fo_strict", lambda port: dict(overrides(port), routing={
+    "backoff_ms": 10, "backoff_max_ms": 20, "retry_unconfirmed": False}))
 env("fo_circuit", lambda port: dict(overrides(port), routing={
     "backoff_ms": 10, "backoff_max_ms": 20, "attempts_max": 1,
     "circuit_failures": 3, "circuit_window_ms": 5000, "circuit_open_ms": int(800 * TIME_SCALE)}))
@@ -256,6 +258,30 @@ def a_client_gone_during_a_backoff_gets_no_more_attempts(e):
     # and the gateway is fine
     r = chat(e, "m-two-keys")
     expect(r.status == 200, f"{r.status}")
+
+
+@test(env="fo_strict", fresh=True)
+def retry_unconfirmed_off_retries_only_proven_failures(e):
+    """routing.retry_unconfirmed false: a failure after the whole request
+    went out that does not prove the provider did not start (a reset, a
+    500, a first-byte timeout) is answered, not retried; 429, 503, 529 and
+    refused connections still are."""
+    for fault, status in (("times=1;reset", 502), ("times=1;500", 500)):
+        e.mock_reset()
+        r = chat(e, "m-one-key", {"x-mock-fault": fault})
+        expect(r.status == status and attempts_header(r) == 1,
+               f"{fault}: {r.status} after {attempts_header(r)} attempts")
+        expect(sum(by_key(e).values()) == 1, f"{fault}: retried: {by_key(e)}")
+    r = chat(e, "m-flaky", {"x-mock-fault": f"times=1;delay:{int(3000 * TIME_SCALE)}"})
+    expect_error(r, 504, "upstream_timeout")
+    expect(attempts_header(r) == 1, f"a first-byte timeout was retried: {attempts_header(r)}")
+    for fault in ("times=1;503", "times=1;529"):
+        e.mock_reset()
+        r = chat(e, "m-one-key", {"x-mock-fault": fault})
+        expect(r.status == 200 and attempts_header(r) == 2,
+               f"{fault}: {r.status} after {attempts_header(r)} attempts")
+    r = chat(e, "m-failover")
+    expect(r.status == 200 and attempts_header(r) == 2, f"refused connection: {r.status}")
 
 
 @test(env="fo_circuit", fresh=True)

@@ -460,6 +460,13 @@ TEST(listener_parsing)
 
 TEST(provider_errors)
 {
+	ERROR(CFG(", \"routing\": { \"retry_unconfirmed\": 1 }"),
+	      "routing.retry_unconfirmed: expected true or false");
+	ERROR(CFG(", \"routing\": { \"attempts_max\": 9 }"),
+	      "routing.attempts_max: must be between 1 and 8");
+	ERROR(CFG(", \"routing\": { \"backoff_ms\": 50, \"backoff_max_ms\": 10 }"),
+	      "routing.backoff_max_ms: must not be below backoff_ms");
+	ERROR(CFG(", \"routing\": { \"retries\": 2 }"), "routing.retries: unknown key");
 	ERROR(with_provider("{ \"base_url\": \"http://127.0.0.1\", \"format\": \"openai\", "
 	                    "\"keys\": [\"k\"], \"ca_file\": \"ca.pem\" }"),
 	      "providers.x.ca_file: only valid with an https:// base_url");
