@@ -1,6 +1,9 @@
 #include "sluice/common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -151,5 +154,46 @@ int sl_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 		len -= (size_t)n;
 		off += (uint64_t)n;
 	}
+	return 0;
+}
+
+int sl_read_file_at(int dir_fd, const char *name, size_t max, uint8_t **out, size_t *out_len)
+{
+	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	if (max && (uint64_t)st.st_size > max) {
+		close(fd);
+		return -EFBIG;
+	}
+	size_t cap = (size_t)st.st_size, len = 0;
+	uint8_t *buf = malloc(cap + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (len < cap) {
+		ssize_t n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int rc = -errno;
+			free(buf);
+			close(fd);
+			return rc;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	*out = buf;
+	*out_len = len;
 	return 0;
 }

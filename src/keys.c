@@ -39,44 +39,6 @@ _Static_assert(SL_KEY_RANDOM_LEN * 5 >= 128, "key text must carry >= 128 bits");
 /* --- small I/O helpers --------------------------------------------------------- */
 
 
-/* Reads the whole file at dir_fd/name into a malloc'd buffer. -ENOENT if absent. */
-static int read_file_at(int dir_fd, const char *name, uint8_t **out, size_t *out_len)
-{
-	int fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int rc = -errno;
-		close(fd);
-		return rc;
-	}
-	size_t cap = (size_t)st.st_size, len = 0;
-	uint8_t *buf = malloc(cap + 1);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	while (len < cap) {
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int rc = -errno;
-			free(buf);
-			close(fd);
-			return rc;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	*out = buf;
-	*out_len = len;
-	return 0;
-}
-
 /* --- field validation and the record text ---------------------------------------- */
 
 static bool printable(const char *s, size_t len_max, bool allow_empty, bool allow_space)
@@ -518,7 +480,7 @@ static int load_secret(struct sl_keystore *ks, bool create)
 {
 	uint8_t *buf;
 	size_t len;
-	int rc = read_file_at(ks->dir_fd, SECRET_NAME, &buf, &len);
+	int rc = sl_read_file_at(ks->dir_fd, SECRET_NAME, 0, &buf, &len);
 	if (rc == 0) {
 		bool ok = len == SL_KEYS_SECRET_LEN;
 		if (ok)
@@ -557,7 +519,7 @@ static int load(struct sl_keystore *ks, struct sl_keys_load_report *report, bool
 	uint8_t *buf;
 	size_t len;
 	bool crc_bad;
-	int rc = read_file_at(ks->dir_fd, SNAPSHOT_NAME, &buf, &len);
+	int rc = sl_read_file_at(ks->dir_fd, SNAPSHOT_NAME, 0, &buf, &len);
 	if (rc == 0) {
 		int64_t end = replay(ks, buf, len, &report->snapshot_records_num, &crc_bad, true);
 		free(buf);
@@ -570,7 +532,7 @@ static int load(struct sl_keystore *ks, struct sl_keys_load_report *report, bool
 	} else if (rc != -ENOENT) {
 		return rc;
 	}
-	rc = read_file_at(ks->dir_fd, JOURNAL_NAME, &buf, &len);
+	rc = sl_read_file_at(ks->dir_fd, JOURNAL_NAME, 0, &buf, &len);
 	if (rc == -ENOENT && !cut_tail)
 		return 0;
 	if (rc < 0)

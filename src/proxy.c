@@ -1780,6 +1780,21 @@ static uint64_t estimate_tokens(struct sl_reactor *r, struct sl_conn *c, const c
  * an upstream and queues the rewritten request on it: the client's body
  * itself when the formats match (zero-copy), a converted body otherwise.
  */
+/* The client's model name, at the offsets exchange_begin found in body:
+ * in place, or unescaped into buf. Its length, or -1 (bad or too long). */
+static ssize_t model_name(const struct sl_conn *c, const char *body, char buf[MODEL_NAME_MAX],
+                          const char **out)
+{
+	const char *p = body + c->cx.model_start;
+	size_t n = c->cx.model_end - c->cx.model_start;
+	if (!c->cx.model_escaped) {
+		*out = p;
+		return (ssize_t)n;
+	}
+	*out = buf;
+	return sl_json_unescape_string(p, n, buf, MODEL_NAME_MAX);
+}
+
 static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 {
 	const struct sl_config *cfg = r->config;
@@ -1806,12 +1821,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		return;
 	}
 	char name_buf[MODEL_NAME_MAX];
-	const char *name = body + ms;
-	ssize_t name_len = (ssize_t)(me - ms);
-	if (escaped) {
-		name_len = sl_json_unescape_string(body + ms, me - ms, name_buf, sizeof name_buf);
-		name = name_buf;
-	}
+	const char *name;
+	ssize_t name_len = model_name(c, body, name_buf, &name);
 	const struct sl_model_config *model =
 	        name_len >= 0 ? sl_config_find_model(cfg, name, (size_t)name_len) : NULL;
 	if (!model) {
@@ -1910,14 +1921,9 @@ static void exchange_attempt(struct sl_reactor *r, struct sl_conn *c)
 	size_t body_len = (size_t)c->cx.body_len;
 	enum sl_route route = (enum sl_route)c->cx.route;
 	size_t ms = c->cx.model_start, me = c->cx.model_end; /* exchange_begin found it */
-	bool escaped = c->cx.model_escaped;
 	char name_buf[MODEL_NAME_MAX];
-	const char *name = body + ms;
-	ssize_t name_len = (ssize_t)(me - ms);
-	if (escaped) {
-		name_len = sl_json_unescape_string(body + ms, me - ms, name_buf, sizeof name_buf);
-		name = name_buf;
-	}
+	const char *name;
+	ssize_t name_len = model_name(c, body, name_buf, &name);
 
 	const struct sl_model_target *t = &model->targets[pick.target];
 	const struct sl_provider_config *p = &cfg->providers[t->provider];

@@ -238,7 +238,7 @@ static void conn_maybe_free(struct sl_reactor *r, struct sl_conn *c)
 	if (c->flush_pending)
 		deferred_unlink(r, c);
 	sl_proxy_on_release(r, c);
-	if (c->ssl || c->tls_out || c->tls_backlog)
+	if (c->ssl || c->tls_out || c->tls_backlog.p)
 		sl_tls_release(r, c);
 	for (unsigned i = 0; i < c->stash_num; i++)
 		sl_buf_return(r, c->stash[i].bid);
@@ -296,16 +296,21 @@ void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c)
 	c->inflight++;
 }
 
-void sl_conn_recv_pause(struct sl_reactor *r, struct sl_conn *c)
+void sl_conn_recv_cancel(struct sl_reactor *r, struct sl_conn *c)
 {
-	if (c->recv_paused)
-		return;
-	c->recv_paused = true;
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = sl_reactor_sqe(r);
 		io_uring_prep_cancel64(sqe, sl_ud(SL_OP_RECV, c->gen, c->slot), 0);
 		io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CANCEL, c->gen, c->slot));
 	}
+}
+
+void sl_conn_recv_pause(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->recv_paused)
+		return;
+	c->recv_paused = true;
+	sl_conn_recv_cancel(r, c);
 	if (c->recv_starved)
 		starved_unlink(r, c);
 }

@@ -185,37 +185,6 @@ static const char *config_path(const struct sl_config *cfg, const char *path, ch
 	return buf;
 }
 
-static int read_file(const char *path, uint8_t **out, size_t *out_len, size_t max)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
-		close(fd);
-		return -EINVAL;
-	}
-	uint8_t *buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
-		if (n <= 0) {
-			free(buf);
-			close(fd);
-			return n < 0 ? -errno : -EIO;
-		}
-		got += (size_t)n;
-	}
-	close(fd);
-	*out = buf;
-	*out_len = got;
-	return 0;
-}
-
 /* ALPN: http/1.1 or nothing (a client offering only other protocols is
  * refused with no_application_protocol, as RFC 7301 asks). */
 static int alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
@@ -290,7 +259,7 @@ static int listener_load(const struct sl_config *cfg, const struct sl_listener_c
 		const char *path = config_path(cfg, t->ticket_key_file, pbuf, sizeof pbuf);
 		uint8_t *data;
 		size_t len;
-		int rc = read_file(path, &data, &len, 4096);
+		int rc = sl_read_file_at(AT_FDCWD, path, 4096, &data, &len);
 		if (rc) {
 			snprintf(err, err_len, "listener %s: ticket_key_file %s: %s", lc->address, path,
 			         strerror(-rc));
@@ -340,7 +309,7 @@ static int listener_load(const struct sl_config *cfg, const struct sl_listener_c
 			const char *path = config_path(cfg, cc->ocsp, pbuf, sizeof pbuf);
 			uint8_t *der;
 			size_t len;
-			int rc = read_file(path, &der, &len, 1 << 20);
+			int rc = sl_read_file_at(AT_FDCWD, path, 1 << 20, &der, &len);
 			if (rc || !SSL_CTX_set_ocsp_response(ctx, der, len)) {
 				snprintf(err, err_len, "listener %s: ocsp %s: %s", lc->address, path,
 				         rc ? strerror(-rc) : "not accepted");
@@ -549,7 +518,7 @@ void sl_tls_free(struct sl_tls *t)
 
 /* --- connections ------------------------------------------------------------------ */
 
-static int attach(struct sl_conn *c, SSL_CTX *ctx)
+static int attach(struct sl_reactor *r, struct sl_conn *c, SSL_CTX *ctx)
 {
 	SSL *ssl = SSL_new(ctx);
 	BIO *bio = ssl ? BIO_new(bio_method) : NULL;
@@ -558,6 +527,7 @@ static int attach(struct sl_conn *c, SSL_CTX *ctx)
 		return -ENOMEM;
 	}
 	BIO_set_data(bio, c);
+	sl_buf_init(&c->tls_backlog, &r->mem, TLS_BACKLOG_MAX);
 	SSL_set_bio(ssl, bio, bio); /* the same BIO both ways: one reference, BIO_new's */
 	SSL_set_app_data(ssl, c);
 	c->ssl = ssl;
@@ -573,7 +543,7 @@ int sl_tls_attach_server(struct sl_reactor *r, struct sl_conn *c, uint32_t l)
 	struct tls_listener_set *set = atomic_load_explicit(&r->tls->listeners, memory_order_acquire);
 	if (l >= set->num || set->l[l].num == 0)
 		return -EINVAL;
-	int rc = attach(c, set->l[l].ctx[0]);
+	int rc = attach(r, c, set->l[l].ctx[0]);
 	if (rc)
 		return rc;
 	SSL_set_accept_state(c->ssl);
@@ -584,7 +554,7 @@ int sl_tls_attach_server(struct sl_reactor *r, struct sl_conn *c, uint32_t l)
 int sl_tls_attach_client(struct sl_reactor *r, struct sl_conn *c, uint32_t p)
 {
 	struct sl_tls *t = r->tls;
-	int rc = attach(c, t->clients[p]);
+	int rc = attach(r, c, t->clients[p]);
 	if (rc)
 		return rc;
 	SSL *ssl = c->ssl;
@@ -616,10 +586,7 @@ void sl_tls_release(struct sl_reactor *r, struct sl_conn *c)
 		sl_bufpool_put(&r->mem, c->tls_out, c->tls_out_cap);
 		c->tls_out = NULL;
 	}
-	if (c->tls_backlog) {
-		sl_bufpool_put(&r->mem, c->tls_backlog, c->tls_backlog_cap);
-		c->tls_backlog = NULL;
-	}
+	sl_buf_release(&c->tls_backlog);
 	if (c->tls_starved) {
 		for (struct sl_conn **p = &r->tls_starved; *p; p = &(*p)->tls_starved_next)
 			if (*p == c) {
@@ -628,8 +595,7 @@ void sl_tls_release(struct sl_reactor *r, struct sl_conn *c)
 			}
 		c->tls_starved = false;
 	}
-	c->tls_out_cap = c->tls_out_len = c->tls_out_off = c->tls_backlog_cap = 0;
-	c->tls_backlog_len = 0;
+	c->tls_out_cap = c->tls_out_len = c->tls_out_off = 0;
 	c->tls_write_retry = 0;
 }
 
@@ -705,42 +671,23 @@ static void starve(struct sl_reactor *r, struct sl_conn *c)
 	c->tls_starved = true;
 	c->tls_starved_next = r->tls_starved;
 	r->tls_starved = c;
-	if (c->recv_armed) {
-		struct io_uring_sqe *sqe = sl_reactor_sqe(r);
-		io_uring_prep_cancel64(sqe, sl_ud(SL_OP_RECV, c->gen, c->slot), 0);
-		io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CANCEL, c->gen, c->slot));
-	}
+	sl_conn_recv_cancel(r, c);
 }
 
 /* Keeps the unconsumed ciphertext of c in its backlog. false: too much. */
-static bool backlog_keep(struct sl_reactor *r, struct sl_conn *c)
+static bool backlog_keep(struct sl_conn *c)
 {
+	struct sl_buf *b = &c->tls_backlog;
 	if (c->tls_in_len == 0)
 		return true;
-	if (c->tls_in >= c->tls_backlog && c->tls_in < c->tls_backlog + c->tls_backlog_cap) {
-		/* already the backlog: slide the rest to its start */
-		memmove(c->tls_backlog, c->tls_in, c->tls_in_len);
-		c->tls_backlog_len = (uint32_t)c->tls_in_len;
+	if (b->p && c->tls_in >= b->p && c->tls_in < b->p + b->cap) {
+		/* already the backlog (a restart starved again): slide the rest
+		 * to its start */
+		memmove(b->p, c->tls_in, c->tls_in_len);
+		b->len = c->tls_in_len;
 		return true;
 	}
-	size_t need = c->tls_backlog_len + c->tls_in_len;
-	if (need > TLS_BACKLOG_MAX)
-		return false;
-	if (need > c->tls_backlog_cap) {
-		size_t cap;
-		char *b = sl_bufpool_get(&r->mem, need, &cap);
-		if (!b)
-			return false;
-		if (c->tls_backlog) {
-			memcpy(b, c->tls_backlog, c->tls_backlog_len);
-			sl_bufpool_put(&r->mem, c->tls_backlog, c->tls_backlog_cap);
-		}
-		c->tls_backlog = b;
-		c->tls_backlog_cap = (uint32_t)cap;
-	}
-	memcpy(c->tls_backlog + c->tls_backlog_len, c->tls_in, c->tls_in_len);
-	c->tls_backlog_len += (uint32_t)c->tls_in_len;
-	return true;
+	return sl_buf_append(b, c->tls_in, c->tls_in_len);
 }
 
 /* Decrypts what c->tls_in offers, record by record, into TLS buffers for
@@ -777,7 +724,7 @@ static void tls_process(struct sl_reactor *r, struct sl_conn *c)
 out:
 	if (!c->closing && c->ssl) {
 		tls_send_out(r, c); /* e.g. a key update or an alert */
-		if (c->tls_starved && !backlog_keep(r, c))
+		if (c->tls_starved && !backlog_keep(c))
 			tls_fail(r, c, SSL_ERROR_SYSCALL);
 	}
 	c->tls_in = NULL;
@@ -790,7 +737,7 @@ void sl_tls_on_recv(struct sl_reactor *r, struct sl_conn *c, const char *data, s
 		/* completions posted before the cancel: keep them in order */
 		c->tls_in = data;
 		c->tls_in_len = len;
-		if (!backlog_keep(r, c))
+		if (!backlog_keep(c))
 			tls_fail(r, c, SSL_ERROR_SYSCALL);
 		c->tls_in = NULL;
 		c->tls_in_len = 0;
@@ -810,9 +757,9 @@ void sl_tls_restart_starved(struct sl_reactor *r)
 		c->tls_starved = false;
 		if (c->closing)
 			continue;
-		c->tls_in = c->tls_backlog;
-		c->tls_in_len = c->tls_backlog_len;
-		c->tls_backlog_len = 0;
+		c->tls_in = c->tls_backlog.p;
+		c->tls_in_len = c->tls_backlog.len;
+		c->tls_backlog.len = 0;
 		sl_conn_hold(c);
 		tls_process(r, c);
 		if (!c->tls_starved && !c->closing)

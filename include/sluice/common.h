@@ -128,4 +128,10 @@ static inline uint64_t sl_get_le64(const uint8_t *p)
 int sl_write_all(int fd, const void *buf, size_t len);
 int sl_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
 
+/* sl_read_file_at reads the whole file dir_fd/name (AT_FDCWD: name as a
+ * path) into a malloc'd buffer (one spare byte past *out_len). max: the
+ * largest size accepted (-EFBIG beyond; 0: any). 0 or -errno (-ENOENT if
+ * absent). */
+int sl_read_file_at(int dir_fd, const char *name, size_t max, uint8_t **out, size_t *out_len);
+
 #endif

@@ -168,8 +168,7 @@ struct sl_conn {
 	uint32_t tls_write_retry;  /* an SSL_write to repeat with this length (0: none) */
 	const char *tls_in;        /* ciphertext being fed to BoringSSL */
 	size_t tls_in_len;
-	char *tls_backlog;         /* ciphertext kept while no TLS buffer was free */
-	uint32_t tls_backlog_cap, tls_backlog_len;
+	struct sl_buf tls_backlog; /* ciphertext kept while no TLS buffer was free */
 	bool tls_ready;            /* handshake done */
 	bool tls_starved;          /* waiting for a TLS buffer; recv not re-armed */
 	bool tls_client;           /* upstream side */
@@ -445,6 +444,9 @@ struct sl_conn *sl_conn_alloc(struct sl_reactor *r, int fd, enum sl_conn_kind ki
 void sl_conn_close(struct sl_reactor *r, struct sl_conn *c);
 void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c);
 void sl_conn_recv_pause(struct sl_reactor *r, struct sl_conn *c);
+/* sl_conn_recv_cancel stops an armed multishot recv; the caller's flag
+ * (recv_paused, tls_starved) keeps it from being armed again. */
+void sl_conn_recv_cancel(struct sl_reactor *r, struct sl_conn *c);
 void sl_conn_recv_resume(struct sl_reactor *r, struct sl_conn *c);
 /* sl_conn_send_push appends bytes to c's send queue; returns false (and
  * releases nothing) when the queue is full. sl_conn_send_flush starts a send

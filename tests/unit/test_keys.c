@@ -153,7 +153,7 @@ TEST(secret_never_stored_in_records)
 		int dfd = open(dir, O_RDONLY | O_DIRECTORY);
 		uint8_t *buf;
 		size_t len;
-		CHECK_EQ_INT(read_file_at(dfd, files[f], &buf, &len), 0);
+		CHECK_EQ_INT(sl_read_file_at(dfd, files[f], 0, &buf, &len), 0);
 		close(dfd);
 		CHECK(memmem(buf, len, "sk-sluice-", 10) == NULL);
 		free(buf);
@@ -267,7 +267,7 @@ TEST(crash_between_rename_and_truncate_is_harmless)
 	CHECK_EQ_INT(sl_keys_topup(&ks, r1.id, 5), 0);
 	uint8_t *copy;
 	size_t copy_len;
-	CHECK_EQ_INT(read_file_at(ks.dir_fd, JOURNAL_NAME, &copy, &copy_len), 0);
+	CHECK_EQ_INT(sl_read_file_at(ks.dir_fd, JOURNAL_NAME, 0, &copy, &copy_len), 0);
 	CHECK_EQ_INT(sl_keys_compact(&ks), 0);
 	CHECK_EQ_INT(sl_write_all(ks.journal_fd, copy, copy_len), 0);
 	free(copy);
@@ -427,7 +427,7 @@ TEST(import_good_short_duplicate)
 	int dfd = open(dir, O_RDONLY | O_DIRECTORY);
 	uint8_t *buf;
 	size_t len;
-	CHECK_EQ_INT(read_file_at(dfd, "keys.journal", &buf, &len), 0);
+	CHECK_EQ_INT(sl_read_file_at(dfd, "keys.journal", 0, &buf, &len), 0);
 	close(dfd);
 	CHECK(memmem(buf, len, old, strlen(old)) == NULL);
 	free(buf);
