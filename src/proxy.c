@@ -1805,8 +1805,8 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	const char *body = c->in + c->cx.head_len;
 	size_t body_len = (size_t)c->cx.body_len;
 
-	size_t ms, me;
-	bool escaped;
+	size_t ms = 0, me = 0;
+	bool escaped = false;
 	int rc = sl_json_find_model(body, body_len, &ms, &me, &escaped);
 	/* kept for every attempt: the scan is a pass over the whole body */
 	c->cx.model_start = (uint32_t)ms;
