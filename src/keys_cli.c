@@ -203,7 +203,7 @@ static const char *errno_text(int rc)
  * SL_KEY_TEXT_LEN_MAX + 3 bytes. */
 static ssize_t read_import_key(char *buf, size_t buf_len)
 {
-	struct termios saved;
+	struct termios saved = {0};
 	bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
 	if (tty) {
 		struct termios quiet = saved;

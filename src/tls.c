@@ -131,7 +131,7 @@ static int bio_write(BIO *b, const char *in, int len)
 	BIO_clear_retry_flags(b);
 	if (!c->tls_out) {
 		struct sl_reactor *r = sl_reactor_current();
-		size_t cap;
+		size_t cap = 0;
 		c->tls_out = r ? sl_bufpool_get(&r->mem, TLS_OUT_BYTES, &cap) : NULL;
 		if (!c->tls_out)
 			return -1; /* out of memory: the connection fails */
