@@ -14,6 +14,7 @@
  * the plain struct, and nothing here allocates after load.
  */
 #include "sluice/config.h"
+#include "sluice/proxyproto.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -501,11 +502,11 @@ static int parse_listener_tls(struct loader *ld, json_t *obj, struct sl_listener
 /* Parses one {"address": ..., "tls": ...} object (listen[i] or admin). */
 static int parse_listener(struct loader *ld, json_t *obj, struct sl_listener_config *out)
 {
-	static const char *const keys[] = { "address", "tls", NULL };
+	static const char *const keys[] = { "address", "tls", "proxy_protocol", NULL };
 	if (!json_is_object(obj))
 		return fail(ld, "expected an object");
 	int rc = check_keys(ld, obj, keys);
-	if (rc)
+	if (rc || (rc = read_bool(ld, obj, "proxy_protocol", &out->proxy_protocol)))
 		return rc;
 	const char *address;
 	if ((rc = read_string(ld, obj, "address", STR_REQUIRED | STR_NONEMPTY, &address)))
@@ -577,7 +578,8 @@ static int parse_limits(struct loader *ld, json_t *root)
 	static const char *const limit_keys[] = {
 		"connections_per_core", "header_bytes_max", "headers_num_max", "target_bytes_max",
 		"body_bytes_max", "recv_buffer_bytes", "recv_buffers_per_core",
-		"send_queue_buffers_max", "memory_per_core_bytes", "tls_buffers_per_core", NULL,
+		"send_queue_buffers_max", "memory_per_core_bytes", "tls_buffers_per_core",
+		"proxy_header_bytes_max", NULL,
 	};
 	static const char *const timeout_keys[] = { "header_ms", "body_ms", "keepalive_ms",
 		                                    "send_ms", NULL };
@@ -602,6 +604,8 @@ static int parse_limits(struct loader *ld, json_t *root)
 		                   &l->send_queue_buffers_max)) ||
 		    (rc = read_u32(ld, obj, "tls_buffers_per_core", 16, 32768,
 		                   &l->tls_buffers_per_core)) ||
+		    (rc = read_u32(ld, obj, "proxy_header_bytes_max", SL_PROXYPROTO_BYTES_MIN,
+		                   SL_PROXYPROTO_V2_FIXED + 65535, &l->proxy_header_bytes_max)) ||
 		    (rc = read_u64(ld, obj, "memory_per_core_bytes", 1u << 20, 1ull << 40,
 		                   &l->memory_per_core_bytes)))
 			return rc;
@@ -1767,6 +1771,7 @@ static void set_defaults(struct sl_config *c)
 	l->recv_buffers_per_core = 1024;
 	l->send_queue_buffers_max = 8;
 	l->tls_buffers_per_core = 1024;
+	l->proxy_header_bytes_max = SL_PROXYPROTO_BYTES_DEFAULT;
 	c->routing = (struct sl_routing_config){
 		.attempts_max = 3,
 		.backoff_ms = 25,

@@ -312,7 +312,8 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	for (uint32_t l = 0; l < cfg->num_listeners; l++) {
 		char a[80];
 		format_addr(&bound[l], a, sizeof a);
-		fprintf(stderr, "sluice: listening on %s%s\n", a, cfg->listeners[l].tls ? " (tls)" : "");
+		fprintf(stderr, "sluice: listening on %s%s%s\n", a, cfg->listeners[l].tls ? " (tls)" : "",
+		        cfg->listeners[l].proxy_protocol ? " (proxy protocol)" : "");
 	}
 	fprintf(stderr, "sluice: ready on %s\n", first_addr);
 

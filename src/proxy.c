@@ -19,6 +19,7 @@
 #include "sluice/gate.h"
 #include "sluice/ipblock.h"
 #include "sluice/json.h"
+#include "sluice/proxyproto.h"
 #include "sluice/reactor.h"
 #include "sluice/tls.h"
 #include "sluice/usagelog.h"
@@ -2765,6 +2766,7 @@ void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener)
 		sl_conn_close(r, c); /* no memory for a TLS session: refused */
 		return;
 	}
+	c->pp_pending = r->config->listeners[listener].proxy_protocol;
 	int one = 1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	r->stats.accepted++;
@@ -2774,6 +2776,57 @@ void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener)
 	/* a connection that sends nothing gets the header deadline, not keep-alive's */
 	sl_timer_arm(r, &c->timer, &r->header_q);
 	sl_conn_recv_arm(r, c);
+}
+
+/* A header split across recvs waits in c->in (nothing else is there yet);
+ * the common case, a whole header in the first recv, copies nothing. */
+size_t sl_proxy_pp_feed(struct sl_reactor *r, struct sl_conn *c, const char *data, size_t len)
+{
+	size_t max = r->config->limits.proxy_header_bytes_max;
+	size_t before = c->in_len;
+	const char *p = data;
+	size_t n = len;
+	if (before) {
+		/* the parser refuses a header longer than max, so max - before
+		 * bytes more decide it */
+		size_t take = SL_MIN(len, max - before);
+		if (!input_reserve(r, c, before + take))
+			goto bad;
+		memcpy(c->in + before, data, take);
+		c->in_len += take;
+		p = c->in;
+		n = c->in_len;
+	}
+	struct sl_proxyproto pp;
+	ssize_t hl = sl_proxyproto_parse(p, n, max, &pp);
+	if (hl < 0) {
+		r->stats.proxy_header_bad++;
+		goto bad;
+	}
+	if (hl == 0) {
+		if (!before) {
+			if (!input_reserve(r, c, len))
+				goto bad;
+			memcpy(c->in, data, len);
+			c->in_len = len;
+		}
+		return len;
+	}
+	SL_ASSERT((size_t)hl > before);
+	c->pp_pending = false;
+	if (pp.has_address) {
+		memcpy(&c->peer_addr, &pp.src, sizeof c->peer_addr);
+		c->have_peer = true;
+	}
+	if (c->in) {
+		sl_bufpool_put(&r->mem, c->in, c->in_cap);
+		c->in = NULL;
+		c->in_len = c->in_cap = 0;
+	}
+	return (size_t)hl - before;
+bad:
+	sl_conn_close(r, c);
+	return len;
 }
 
 bool sl_proxy_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,
@@ -2891,8 +2944,10 @@ void sl_proxy_on_timer(struct sl_reactor *r, struct sl_conn *c, enum sl_timer_ki
 	        c->kind == SL_CONN_UPSTREAM ? r->config->providers[c->ux.provider].name : "";
 	switch (kind) {
 	case SL_TIMER_HEADER:
-		if (c->state == SL_CLIENT_IDLE && c->in_len == 0) {
-			sl_conn_close(r, c); /* never said anything */
+		if (c->pp_pending || (c->state == SL_CLIENT_IDLE && c->in_len == 0)) {
+			/* never said anything (a partial PROXY header is not a
+			 * request: no answer to an address not known) */
+			sl_conn_close(r, c);
 			return;
 		}
 		/* fallthrough */

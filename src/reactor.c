@@ -285,7 +285,10 @@ void sl_conn_close(struct sl_reactor *r, struct sl_conn *c)
 
 void sl_conn_recv_arm(struct sl_reactor *r, struct sl_conn *c)
 {
-	if (c->recv_armed || c->closing || c->recv_paused || c->recv_starved || c->tls_starved)
+	/* FREE: a close with nothing in flight frees the slot at once, and a
+	 * completion handler may still hold it */
+	if (c->recv_armed || c->closing || c->recv_paused || c->recv_starved || c->tls_starved ||
+	    c->kind == SL_CONN_FREE)
 		return;
 	struct io_uring_sqe *sqe = sl_reactor_sqe(r);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -518,19 +521,30 @@ static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
 	if (c->closing) {
 		if (has_buf)
 			sl_buf_return(r, bid);
-	} else if (res > 0 && c->ssl) {
-		SL_ASSERT(has_buf);
-		c->inflight++; /* held: a close inside must not free the slot under us */
-		sl_tls_on_recv(r, c, r->buf_base + (size_t)bid * r->buf_size, (size_t)res);
-		c->inflight--;
-		sl_buf_return(r, bid);
-		if (!more && !c->closing)
-			sl_conn_recv_arm(r, c);
 	} else if (res > 0) {
 		SL_ASSERT(has_buf);
-		if (!sl_proxy_on_data(r, c, bid, r->buf_base + (size_t)bid * r->buf_size,
-		                      (size_t)res))
+		char *data = r->buf_base + (size_t)bid * r->buf_size;
+		size_t len = (size_t)res;
+		if (c->pp_pending) {
+			/* the PROXY header comes before TLS and HTTP: what follows it
+			 * moves to the buffer's start, where the relay expects data */
+			c->inflight++; /* held, as for TLS below */
+			size_t used = sl_proxy_pp_feed(r, c, data, len);
+			c->inflight--;
+			len -= used;
+			if (len && !c->closing)
+				memmove(data, data + used, len);
+		}
+		if (c->closing || len == 0) {
 			sl_buf_return(r, bid);
+		} else if (c->ssl) {
+			c->inflight++; /* held: a close inside must not free the slot under us */
+			sl_tls_on_recv(r, c, data, len);
+			c->inflight--;
+			sl_buf_return(r, bid);
+		} else if (!sl_proxy_on_data(r, c, bid, data, len)) {
+			sl_buf_return(r, bid);
+		}
 		if (!more && !c->closing)
 			sl_conn_recv_arm(r, c);
 	} else if (res == -ENOBUFS) {
@@ -951,10 +965,12 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 	}
 	fprintf(stderr,
 	        "sluice: reactor %u: %llu connections, %llu requests, %llu upstream connects, "
-	        "%llu pooled reuses, %llu loop turns, %llu completions, %llu recv buffer stalls\n",
+	        "%llu pooled reuses, %llu loop turns, %llu completions, %llu recv buffer stalls, "
+	        "%llu bad PROXY headers\n",
 	        r->index, (unsigned long long)r->stats.accepted, (unsigned long long)r->stats.requests,
 	        (unsigned long long)r->stats.upstream_connects,
 	        (unsigned long long)r->stats.upstream_reused, (unsigned long long)r->stats.loop_turns,
-	        (unsigned long long)r->stats.cqes, (unsigned long long)r->stats.recv_enobufs);
+	        (unsigned long long)r->stats.cqes, (unsigned long long)r->stats.recv_enobufs,
+	        (unsigned long long)r->stats.proxy_header_bad);
 	return 0;
 }

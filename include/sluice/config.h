@@ -44,6 +44,7 @@ struct sl_listener_config {
 	struct sockaddr_storage addr;
 	socklen_t addr_len;
 	struct sl_listener_tls_config *tls; /* NULL: plain HTTP */
+	bool proxy_protocol; /* every connection starts with a PROXY header (proxyproto.h) */
 };
 
 /* Bounds and timeouts of the data path. Every field has a documented default
@@ -60,6 +61,7 @@ struct sl_limits_config {
 	                                    upstream is paused (8) */
 	uint32_t tls_buffers_per_core;   /* decrypted-record buffers per reactor, each
 	                                    recv_buffer_bytes; only with TLS in use (1024) */
+	uint32_t proxy_header_bytes_max; /* a PROXY protocol header, bytes (4096) */
 	uint64_t memory_per_core_bytes;  /* request/response buffer arena per reactor
 	                                    (268435456) */
 	uint32_t header_timeout_ms;      /* first byte to end of head: 408 (10000) */

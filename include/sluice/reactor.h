@@ -142,6 +142,7 @@ struct sl_conn {
 	bool closing;       /* torn down once inflight reaches 0 */
 	bool close_after_flush;
 	bool keep_alive;
+	bool pp_pending;    /* client: its PROXY protocol header is still to come */
 
 	struct sl_timer timer;
 	struct sl_conn *peer;          /* client <-> upstream of the exchange */
@@ -315,6 +316,7 @@ struct sl_reactor_stats {
 	uint64_t upstream_connects;
 	uint64_t upstream_reused;
 	uint64_t recv_enobufs;
+	uint64_t proxy_header_bad; /* connections closed for a bad PROXY header */
 	uint64_t loop_turns;
 	uint64_t cqes;
 };
@@ -480,6 +482,10 @@ void sl_timer_queue_init(struct sl_timer_queue *q, uint32_t duration_ms, enum sl
 
 /* proxy.c: protocol callbacks the reactor calls */
 void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener);
+/* While c->pp_pending: takes the PROXY header's bytes from a recv's data and
+ * returns how many it consumed (all of them while the header is
+ * incomplete). A bad header closes c. */
+size_t sl_proxy_pp_feed(struct sl_reactor *r, struct sl_conn *c, const char *data, size_t len);
 /* data is a provided buffer bid; returns true when the proxy kept it (it
  * will come back through sl_buf_return), false to return it now. */
 bool sl_proxy_on_data(struct sl_reactor *r, struct sl_conn *c, uint16_t bid, char *data,

@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from harness import (CLIENT_KEY, GATEWAY_BIN, MOCK_BIN, TIME_SCALE, Conn, Server,  # noqa: E402
                      base_config, build_request, chat_body, deep_merge, env, eventually, expect,
-                     expect_error, import_key, main, messages_body, sse_data, test, tls_certs)
+                     expect_error, main, messages_body, sse_data, test, tls_certs)
+import harness  # noqa: E402
 from usagelog_reader import read_log  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -59,46 +60,15 @@ class TlsConn(Conn):
         self.eof = False
 
 
-class Gateway:
+class Gateway(harness.Gateway):
     """A gateway with a plain and a TLS listener in front of the env's mock."""
 
     def __init__(self, e, name, tls=None, over=None, threads=2):
-        self.e = e
-        self.name = name
-        self.tmp = tempfile.mkdtemp(prefix=f"sluice-{name}-")
-        self.data_dir = os.path.join(self.tmp, "data")
         c = certs()
         tls = tls or {"cert": c["localhost"]["cert"], "key": c["localhost"]["key"]}
-        cfg = deep_merge(base_config(e.mock_addr[1], os.path.join(self.tmp, "data")), {
-            "listen": [{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", "tls": tls}],
-        })
-        self.cfg = deep_merge(cfg, over or {})
-        self.cfg_path = os.path.join(self.tmp, "sluice.json")
-        with open(self.cfg_path, "w") as f:
-            json.dump(self.cfg, f, indent=2)
-        import_key(self.cfg_path, CLIENT_KEY)
-        self.server = Server("sluice", [GATEWAY_BIN, "serve", "-c", self.cfg_path, "--threads",
-                                        str(threads)],
-                             "sluice", os.path.join(e.log_dir, f"{name}.gateway.log"))
-        self.server.start()
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(tls\)", self.log())
-        expect(m, "no TLS listener line in the gateway's log")
-        self.tls_addr = ("127.0.0.1", int(m.group(1)))
-        self.addr = self.server.addr
-
-    def log(self):
-        with open(self.server.log_path, errors="replace") as f:
-            return f.read()
-
-    def stop(self, keep=False):
-        problems = self.server.stop()
-        if not keep:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        expect(not problems, f"gateway stop: {problems}")
-
-    def kill(self):
-        self.server.kill()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        listen = {"listen": [{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", "tls": tls}]}
+        super().__init__(e, name, deep_merge(listen, over or {}), threads)
+        self.tls_addr = self.listener("(tls)")
 
 
 def chat_over(conn, **kw):

@@ -43,6 +43,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -426,10 +427,13 @@ class Conn:
     """One client connection. Every read takes a deadline (timeout_s from
     now); running out raises TestError, never hangs."""
 
-    def __init__(self, addr, timeout_s=10):
+    def __init__(self, addr, timeout_s=10, source=None):
+        """source: the local address to connect from (any 127/8 address is
+        this host's), else the kernel's choice."""
         self.addr = addr
         self.timeout_s = timeout_s
-        self.sock = socket.create_connection(addr, timeout=timeout_s)
+        self.sock = socket.create_connection(addr, timeout=timeout_s,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()  # received, not yet consumed
         self.eof = False
@@ -864,6 +868,49 @@ class Env:
 
     def last_request(self):
         return self.mock_stats().get("last_request") or {}
+
+
+class Gateway:
+    """A gateway of a test's own in front of an Env's mock (an env with
+    gateway=False): base_config deep-merged with over, the client key
+    imported, started. addr is the first listener; listener(tag) finds
+    another by the tags of its "listening on" line, e.g. "(tls)"."""
+
+    def __init__(self, e, name, over=None, threads=2):
+        self.e = e
+        self.name = name
+        self.tmp = tempfile.mkdtemp(prefix=f"sluice-{name}-")
+        self.data_dir = os.path.join(self.tmp, "data")
+        self.cfg = deep_merge(base_config(e.mock_addr[1], self.data_dir), over or {})
+        self.cfg_path = os.path.join(self.tmp, "sluice.json")
+        with open(self.cfg_path, "w") as f:
+            json.dump(self.cfg, f, indent=2)
+        import_key(self.cfg_path, CLIENT_KEY)
+        self.server = Server("sluice", [GATEWAY_BIN, "serve", "-c", self.cfg_path, "--threads",
+                                        str(threads)],
+                             "sluice", os.path.join(e.log_dir, f"{name}.gateway.log"))
+        self.server.start()
+        self.addr = self.server.addr
+
+    def listener(self, tags):
+        """(host, port) of the listener logged as "listening on HOST:PORT TAGS"."""
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+) " + re.escape(tags) + r"\n", self.log())
+        expect(m, f"no listener line ending with {tags!r} in the gateway's log")
+        return ("127.0.0.1", int(m.group(1)))
+
+    def log(self):
+        with open(self.server.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self, keep=False):
+        problems = self.server.stop()
+        if not keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        expect(not problems, f"gateway stop: {problems}")
+
+    def kill(self):
+        self.server.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def header_map(pairs):

@@ -162,6 +162,8 @@ TEST(every_default)
 	CHECK_EQ_INT(l->body_timeout_ms, 30000);
 	CHECK_EQ_INT(l->keepalive_timeout_ms, 75000);
 	CHECK_EQ_INT(l->send_timeout_ms, 60000);
+	CHECK_EQ_INT(l->proxy_header_bytes_max, 4096);
+	CHECK(!c->listeners[0].proxy_protocol);
 	const struct sl_provider_config *p = &c->providers[0];
 	CHECK_EQ_INT(p->keys[0].weight, 1);
 	CHECK_EQ_INT(p->num_headers, 0);
@@ -379,6 +381,10 @@ TEST(limit_errors)
 	      "limits.headers_num_max: must be between 1 and 4096");
 	ERROR(CFG(", \"limits\": { \"send_queue_buffers_max\": 0 }"),
 	      "limits.send_queue_buffers_max: must be between 1 and 1024");
+	ERROR(CFG(", \"limits\": { \"proxy_header_bytes_max\": 231 }"),
+	      "limits.proxy_header_bytes_max: must be between 232 and 65551");
+	ERROR(CFG(", \"limits\": { \"proxy_header_bytes_max\": 65552 }"),
+	      "limits.proxy_header_bytes_max: must be between 232 and 65551");
 	ERROR(CFG(", \"timeouts\": { \"header_ms\": 0 }"),
 	      "timeouts.header_ms: must be between 1 and 86400000");
 	ERROR(CFG(", \"timeouts\": { \"send_ms\": 86400001 }"),
@@ -411,6 +417,9 @@ TEST(listener_errors)
 	ERROR("{ \"listen\": [{ \"address\": \":1\", \"tls\": { \"cert\": \"c\", \"key\": \"k\", "
 	      "\"session_tickets\": 1 } }], " PROVIDERS ", " MODELS "}",
 	      "listen[0].tls.session_tickets: expected true or false");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"proxy_protocol\": \"v2\" }], " PROVIDERS
+	      ", " MODELS "}",
+	      "listen[0].proxy_protocol: expected true or false");
 	ERROR(with_listen("1.2.3.4:99999"),
 	      "listen[0].address: invalid port \"99999\": expected 0 to 65535");
 	ERROR(with_listen("1.2.3.4:"), "listen[0].address: invalid port \"\": expected 0 to 65535");
@@ -448,6 +457,15 @@ TEST(listener_parsing)
 	if (c) {
 		CHECK(addr_is(&c->listeners[0].addr, "127.0.0.1"));
 		CHECK_EQ_INT(port_of(&c->listeners[0].addr), 65535);
+		sl_config_free(c);
+	}
+	c = LOAD("{ \"listen\": [{ \"address\": \":1\" }, { \"address\": \":2\", "
+	         "\"proxy_protocol\": true }], \"limits\": { \"proxy_header_bytes_max\": 232 }, "
+	         PROVIDERS ", " MODELS "}");
+	if (c) {
+		CHECK(!c->listeners[0].proxy_protocol);
+		CHECK(c->listeners[1].proxy_protocol);
+		CHECK_EQ_INT(c->limits.proxy_header_bytes_max, 232);
 		sl_config_free(c);
 	}
 	c = LOAD(with_listen("[::]:443"));
