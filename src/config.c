@@ -560,11 +560,19 @@ static int parse_admin(struct loader *ld, json_t *root)
 	json_t *admin = json_object_get(root, "admin");
 	if (!admin)
 		return 0;
+	/* the admin listener is the last of listeners[], flagged: sockets,
+	 * TLS and accept treat it like the others */
+	struct sl_config *c = ld->config;
 	size_t old = path_push_key(ld, "admin");
-	ld->config->admin = calloc(1, sizeof(*ld->config->admin));
-	if (!ld->config->admin)
+	struct sl_listener_config *l =
+	        realloc(c->listeners, (c->num_listeners + 1) * sizeof(*c->listeners));
+	if (!l)
 		return fail_oom(ld);
-	int rc = parse_listener(ld, admin, ld->config->admin);
+	c->listeners = l;
+	c->admin = &l[c->num_listeners++];
+	memset(c->admin, 0, sizeof *c->admin);
+	c->admin->admin = true;
+	int rc = parse_listener(ld, admin, c->admin);
 	if (rc)
 		return rc;
 	path_pop(ld, old);
@@ -1997,10 +2005,7 @@ void sl_config_free(struct sl_config *config)
 	free(config->config_dir);
 	for (uint32_t i = 0; i < config->num_listeners; i++)
 		listener_free(&config->listeners[i]);
-	free(config->listeners);
-	if (config->admin)
-		listener_free(config->admin);
-	free(config->admin);
+	free(config->listeners); /* admin is one of them */
 	free(config->data_dir);
 	for (uint32_t i = 0; i < config->num_providers; i++) {
 		struct sl_provider_config *p = &config->providers[i];

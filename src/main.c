@@ -27,7 +27,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define SLUICE_VERSION "0.1.0"
 #define LISTEN_BACKLOG 4096
 
 static void usage(FILE *out)
@@ -278,6 +277,8 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		reactors[i].gate = gate;
 		reactors[i].tls = tls;
 		reactors[i].route = route;
+		reactors[i].all = reactors;
+		reactors[i].num_all = n;
 		reactors[i].route_inflight =
 		        calloc(sl_route_num_keys(route) + 1, sizeof *reactors[i].route_inflight);
 		if (!reactors[i].route_inflight)
@@ -312,8 +313,9 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	for (uint32_t l = 0; l < cfg->num_listeners; l++) {
 		char a[80];
 		format_addr(&bound[l], a, sizeof a);
-		fprintf(stderr, "sluice: listening on %s%s%s\n", a, cfg->listeners[l].tls ? " (tls)" : "",
-		        cfg->listeners[l].proxy_protocol ? " (proxy protocol)" : "");
+		fprintf(stderr, "sluice: listening on %s%s%s%s\n", a, cfg->listeners[l].tls ? " (tls)" : "",
+		        cfg->listeners[l].proxy_protocol ? " (proxy protocol)" : "",
+		        cfg->listeners[l].admin ? " (admin)" : "");
 	}
 	fprintf(stderr, "sluice: ready on %s\n", first_addr);
 
@@ -346,8 +348,10 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		logs_clean = logs_clean && reactors[i].ulog_clean;
 		if (next_seq)
 			next_seq[i] = reactors[i].ulog_next_seq;
-		sl_reactor_destroy(&reactors[i]);
 	}
+	/* only once all have stopped: one serving /metrics reads the others */
+	for (uint32_t i = 0; i < n; i++)
+		sl_reactor_destroy(&reactors[i]);
 	free(reactors);
 	/* every record is on disk: summarise them for the next start */
 	if (logs_clean && next_seq) {

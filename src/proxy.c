@@ -403,11 +403,19 @@ static const char *error_type_for(unsigned status)
  * framing of the rest of the input cannot be trusted, or a body was not read).
  * Must only be called before any byte of another response was queued.
  */
+/* A response the gateway makes itself, for /metrics. */
+static void count_local(struct sl_reactor *r, unsigned status)
+{
+	if (status >= 100 && status < 600)
+		SL_METRIC_INC(r->metrics.local_responses[status - 100]);
+}
+
 static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned status,
                           const char *type, const char *message, const char *extra_headers,
                           bool close_after)
 {
 	SL_ASSERT(!c->cx.response_started);
+	count_local(r, status);
 	if (!type)
 		type = error_type_for(status);
 	if (c->cx.key.valid && !c->cx.has_report)
@@ -530,14 +538,17 @@ static void client_next_request(struct sl_reactor *r, struct sl_conn *c)
 		client_process(r, c);
 }
 
-static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *content_type,
-                          const char *body, size_t body_len, bool head_only)
+/* Queues the head of a 200 with a body of body_len bytes; false (the
+ * connection closed) without memory or queue room. */
+static bool local_head(struct sl_reactor *r, struct sl_conn *c, const char *content_type,
+                       size_t body_len)
 {
+	count_local(r, 200);
 	size_t cap;
 	char *block = sl_bufpool_get(&r->mem, 512 + LIMIT_HEADERS_BYTES_MAX, &cap);
 	if (!block) {
 		sl_conn_close(r, c);
-		return;
+		return false;
 	}
 	struct wbuf w = { block, 0, cap, false };
 	W_LIT(&w, "HTTP/1.1 200 OK\r\nContent-Type: ");
@@ -552,10 +563,54 @@ static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *c
 		W_LIT(&w, "Connection: close\r\n");
 	W_LIT(&w, "\r\n");
 	SL_ASSERT(!w.overflow);
-	bool ok = push_response_head(r, c, block, cap, w.len);
-	if (ok && !head_only)
-		ok = push_static(c, body, body_len); /* config memory: lives as long as we do */
-	if (!ok) {
+	if (!push_response_head(r, c, block, cap, w.len)) {
+		sl_conn_close(r, c);
+		return false;
+	}
+	return true;
+}
+
+static void respond_local(struct sl_reactor *r, struct sl_conn *c, const char *content_type,
+                          const char *body, size_t body_len, bool head_only)
+{
+	if (!local_head(r, c, content_type, body_len))
+		return;
+	/* config memory: lives as long as we do */
+	if (!head_only && !push_static(c, body, body_len)) {
+		sl_conn_close(r, c);
+		return;
+	}
+	sl_conn_send_flush(r, c);
+	client_send_timer(r, c);
+}
+
+/* GET /metrics on the admin listener: every reactor's counters, rendered
+ * into one pool block (metrics.h). */
+static void respond_metrics(struct sl_reactor *r, struct sl_conn *c, bool head_only)
+{
+	const struct sl_config *cfg = r->config;
+	size_t cap;
+	char *body = sl_bufpool_get(&r->mem, sl_metrics_render_cap(cfg->num_models,
+	                                                           cfg->num_providers), &cap);
+	if (!body) {
+		respond_error(r, c, 503, NULL, "The gateway is out of memory for metrics; retry",
+		              "Retry-After: 1\r\n", false);
+		return;
+	}
+	size_t len = sl_metrics_render(r->all, r->num_all, body, cap);
+	if (len == 0) {
+		sl_bufpool_put(&r->mem, body, cap);
+		respond_error(r, c, 500, NULL, "The metrics did not fit their buffer", NULL, false);
+		return;
+	}
+	if (!local_head(r, c, "text/plain; version=0.0.4; charset=utf-8", len)) {
+		sl_bufpool_put(&r->mem, body, cap);
+		return;
+	}
+	if (head_only) {
+		sl_bufpool_put(&r->mem, body, cap);
+	} else if (!push_pool_block(c, body, cap, len)) {
+		sl_bufpool_put(&r->mem, body, cap);
 		sl_conn_close(r, c);
 		return;
 	}
@@ -597,7 +652,7 @@ static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *d
  * client's release mid-exchange). */
 static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool client_gone)
 {
-	if (!c->cx.routed || !r->ulog)
+	if (!c->cx.routed)
 		return;
 	c->cx.routed = false;
 	const struct sl_config *cfg = r->config;
@@ -674,6 +729,12 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 			rec.flags |= SL_UREC_PLAN;
 		c->cx.credit_held = false;
 	}
+	sl_metric_request(&r->metrics.models[c->cx.model_index], rec.status, rec.input_tokens,
+	                  rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
+	                  rec.cost_pico_usd, rec.flags & SL_UREC_ESTIMATED, rec.attempts,
+	                  rec.ttfb_ms, c->cx.first_byte_ms != 0);
+	if (!r->ulog)
+		return;
 	if (c->have_peer || client_peer(c)) {
 		const struct sockaddr_in6 *a6 = &c->peer_addr;
 		if (a6->sin6_family == AF_INET6) {
@@ -714,7 +775,7 @@ static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 	usage_log_record(r, c, false);
 	limits_finish(r, c);
 	if (c->state == SL_CLIENT_EXCHANGE)
-		r->num_exchanges--;
+		SL_METRIC_ADD(r->num_exchanges, -1u);
 	c->state = SL_CLIENT_FLUSH;
 	if (c->timer.queue != &r->send_q)
 		sl_timer_cancel(&c->timer);
@@ -1050,6 +1111,39 @@ static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
 
 /* Handles a parsed request head. Returns false when the request was answered
  * (or the connection closed) and no body is to be read. */
+/* The admin listener: GET/HEAD /metrics and /healthz, nothing else (the
+ * API routes are not served there, nor these on the public listeners). */
+static void admin_on_head(struct sl_reactor *r, struct sl_conn *c,
+                          const struct sl_http_request *req, bool has_body)
+{
+	size_t n = 0;
+	while (n < req->target_len && req->target[n] != '?')
+		n++;
+	bool metrics = n == 8 && memcmp(req->target, "/metrics", 8) == 0;
+	bool health = n == 8 && memcmp(req->target, "/healthz", 8) == 0;
+	if (!metrics && !health) {
+		respond_error(r, c, 404, NULL,
+		              "Unknown admin URL: this listener serves /metrics and /healthz", NULL,
+		              has_body);
+		return;
+	}
+	bool head = req->method == SL_METHOD_HEAD;
+	if (req->method != SL_METHOD_GET && !head) {
+		respond_error(r, c, 405, NULL, "Method not allowed on this route; use GET",
+		              "Allow: GET, HEAD\r\n", has_body);
+		return;
+	}
+	if (has_body) {
+		c->keep_alive = false; /* a GET body is not read: close after */
+		c->close_after_flush = true;
+		sl_conn_recv_pause(r, c);
+	}
+	if (health)
+		respond_local(r, c, "text/plain", "ok\n", 3, head);
+	else
+		respond_metrics(r, c, head);
+}
+
 static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_http_request *req,
                            size_t head_len)
 {
@@ -1063,9 +1157,13 @@ static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_ht
 	c->cx.content_length = req->content_length;
 	c->keep_alive = req->keep_alive && !r->stopping;
 	c->cx.http10 = req->version_minor == 0;
-	r->stats.requests++;
+	SL_METRIC_INC(r->stats.requests);
 	bool has_body = req->framing != SL_BODY_NONE;
 
+	if (c->admin_conn) {
+		admin_on_head(r, c, req, has_body);
+		return false;
+	}
 	if (m.route == SL_ROUTE_NONE) {
 		respond_error(r, c, 404, NULL, "Unknown request URL: no such route", NULL, has_body);
 		return false;
@@ -1537,7 +1635,7 @@ static struct sl_conn *upstream_take_pooled(struct sl_reactor *r, uint32_t provi
 	u->pool_next = NULL;
 	sl_timer_cancel(&u->timer);
 	u->ux.reused = true;
-	r->stats.upstream_reused++;
+	SL_METRIC_INC(r->stats.upstream_reused);
 	return u;
 }
 
@@ -1582,7 +1680,7 @@ static struct sl_conn *upstream_connect(struct sl_reactor *r, uint32_t provider,
 	io_uring_sqe_set_data64(sqe, sl_ud(SL_OP_CONNECT, u->gen, u->slot));
 	u->inflight++;
 	sl_timer_arm(r, &u->timer, &r->upstreams[provider].connect_q);
-	r->stats.upstream_connects++;
+	SL_METRIC_INC(r->stats.upstream_connects);
 	return u;
 }
 
@@ -1603,6 +1701,7 @@ static void exchange_fail(struct sl_reactor *r, struct sl_conn *c, unsigned stat
 static void respond_json(struct sl_reactor *r, struct sl_conn *c, unsigned status,
                          const char *extra_headers, const char *body, size_t body_len)
 {
+	count_local(r, status);
 	size_t cap;
 	char *block = sl_bufpool_get(&r->mem, 512 + LIMIT_HEADERS_BYTES_MAX + body_len, &cap);
 	if (!block) {
@@ -1801,7 +1900,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 	const struct sl_config *cfg = r->config;
 	sl_timer_cancel(&c->timer);
 	c->state = SL_CLIENT_EXCHANGE;
-	r->num_exchanges++;
+	SL_METRIC_INC(r->num_exchanges);
 
 	const char *body = c->in + c->cx.head_len;
 	size_t body_len = (size_t)c->cx.body_len;
@@ -2767,10 +2866,11 @@ void sl_proxy_on_accept(struct sl_reactor *r, int fd, uint32_t listener)
 		return;
 	}
 	c->pp_pending = r->config->listeners[listener].proxy_protocol;
+	c->admin_conn = r->config->listeners[listener].admin;
 	int one = 1;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	r->stats.accepted++;
-	r->num_clients++;
+	SL_METRIC_INC(r->stats.accepted);
+	SL_METRIC_INC(r->num_clients);
 	c->state = SL_CLIENT_IDLE;
 	c->keep_alive = true;
 	/* a connection that sends nothing gets the header deadline, not keep-alive's */
@@ -2800,7 +2900,7 @@ size_t sl_proxy_pp_feed(struct sl_reactor *r, struct sl_conn *c, const char *dat
 	struct sl_proxyproto pp;
 	ssize_t hl = sl_proxyproto_parse(p, n, max, &pp);
 	if (hl < 0) {
-		r->stats.proxy_header_bad++;
+		SL_METRIC_INC(r->stats.proxy_header_bad);
 		goto bad;
 	}
 	if (hl == 0) {
@@ -2989,8 +3089,8 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->kind == SL_CONN_CLIENT) {
 		if (c->state == SL_CLIENT_EXCHANGE)
-			r->num_exchanges--;
-		r->num_clients--;
+			SL_METRIC_ADD(r->num_exchanges, -1u);
+		SL_METRIC_ADD(r->num_clients, -1u);
 		attempt_end(r, c);
 		usage_log_record(r, c, true);
 		limits_finish(r, c); /* a client gone mid-exchange */

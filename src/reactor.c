@@ -548,7 +548,7 @@ static void handle_recv(struct sl_reactor *r, struct io_uring_cqe *cqe)
 		if (!more && !c->closing)
 			sl_conn_recv_arm(r, c);
 	} else if (res == -ENOBUFS) {
-		r->stats.recv_enobufs++;
+		SL_METRIC_INC(r->stats.recv_enobufs);
 		if (!c->recv_paused && !c->recv_starved) {
 			c->recv_starved = true;
 			c->starved_next = r->starved;
@@ -703,7 +703,9 @@ int sl_reactor_init(struct sl_reactor *r, uint32_t index, int cpu,
 	r->headers = calloc(lim->headers_num_max + 1, sizeof *r->headers);
 	r->upstreams = calloc(config->num_providers ? config->num_providers : 1,
 	                      sizeof *r->upstreams);
-	if (!r->conns || !r->conn_free || !r->headers || !r->upstreams)
+	r->metrics.models = calloc(config->num_models ? config->num_models : 1,
+	                           sizeof *r->metrics.models);
+	if (!r->conns || !r->conn_free || !r->headers || !r->upstreams || !r->metrics.models)
 		return -ENOMEM;
 	/* Slots are not touched until used (calloc'd pages cost no memory), so
 	 * a reactor's RSS follows its live connections, not connections_per_core.
@@ -783,6 +785,7 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	free(r->conns);
 	free(r->conn_free);
 	free(r->headers);
+	free(r->metrics.models);
 	for (uint32_t p = 0; r->upstreams && p < r->config->num_providers; p++)
 		if (r->upstreams[p].tls_session)
 			SSL_SESSION_free(r->upstreams[p].tls_session);

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <sys/types.h>
 
+#define SLUICE_VERSION "0.1.0"
+
 #define SL_ERROR (-1)
 #define SL_INCOMPLETE (-2)
 

@@ -45,6 +45,7 @@ struct sl_listener_config {
 	socklen_t addr_len;
 	struct sl_listener_tls_config *tls; /* NULL: plain HTTP */
 	bool proxy_protocol; /* every connection starts with a PROXY header (proxyproto.h) */
+	bool admin;          /* the admin listener: serves /metrics and /healthz only */
 };
 
 /* Bounds and timeouts of the data path. Every field has a documented default
@@ -238,7 +239,9 @@ struct sl_config {
 	char *config_dir; /* the config file's directory ("." for a string) */
 	struct sl_listener_config *listeners;
 	uint32_t num_listeners;
-	struct sl_listener_config *admin; /* "admin" listener, or NULL (not served yet) */
+	/* the "admin" listener (metrics, health), or NULL: when set, it is the
+	 * last of listeners[] (num_listeners counts it) */
+	struct sl_listener_config *admin;
 	char *data_dir;
 	uint32_t threads; /* 0: one per CPU the process may run on */
 	struct sl_limits_config limits;

@@ -27,6 +27,7 @@
 #include "sluice/arena.h"
 #include "sluice/buf.h"
 #include "sluice/route.h"
+#include "sluice/metrics.h"
 
 struct sl_convert_ctx;
 struct sl_gate;
@@ -143,6 +144,7 @@ struct sl_conn {
 	bool close_after_flush;
 	bool keep_alive;
 	bool pp_pending;    /* client: its PROXY protocol header is still to come */
+	bool admin_conn;    /* client of the admin listener (/metrics, /healthz) */
 
 	struct sl_timer timer;
 	struct sl_conn *peer;          /* client <-> upstream of the exchange */
@@ -395,7 +397,13 @@ struct sl_reactor {
 	uint64_t request_seq;
 	uint32_t id_prefix;
 
+	/* Written only by this reactor, with SL_METRIC_* (metrics.h): read by
+	 * whichever reactor serves /metrics. */
 	struct sl_reactor_stats stats;
+	struct sl_metrics metrics;
+	/* every reactor of the process, for /metrics (set by main before start) */
+	struct sl_reactor *all;
+	uint32_t num_all;
 };
 
 /* user_data encoding */

@@ -459,6 +459,7 @@ def mock_reset(e):
 def https_provider_verified_pooled_and_resumed(e):
     port = e.mock_tls_addr[1]
     g = Gateway(e, "tls-up", threads=1, over={
+        "admin": {"address": "127.0.0.1:0"},
         "providers": {"tls-openai": tls_provider(port),
                       "tls-ip": tls_provider(port, host="127.0.0.1"),
                       "tls-anthropic": tls_provider(port, fmt="anthropic")},
@@ -497,6 +498,14 @@ def https_provider_verified_pooled_and_resumed(e):
         st = mock_stats(e)
         expect(st["tls_handshakes"] == 1 and st["tls_resumed"] >= 1,
                f"a second connection: {st['tls_handshakes']} full, {st['tls_resumed']} resumed")
+        # the gateway's /metrics tells the same
+        with Conn(g.listener("(admin)")) as c:
+            c.send(build_request("GET", "/metrics"))
+            text = c.read_response().body.decode()
+        hs = dict(re.findall(r'^sluice_tls_handshakes_total\{side="upstream",result="(\w+)"\} (\d+)$',
+                             text, re.M))
+        expect(hs.get("full") == "1" and hs.get("resumed") == str(st["tls_resumed"]) and
+               hs.get("failed") == "0", f"/metrics upstream handshakes {hs}, mock saw {st}")
         # an IP literal is verified against the certificate's IP SAN (no SNI)
         with Conn(g.addr) as c:
             r = chat_over(c, model="gpt-tls-ip")

@@ -214,7 +214,8 @@ TEST(every_setting)
 	if (!c)
 		return;
 	const struct sl_limits_config *l = &c->limits;
-	CHECK_EQ_INT(c->num_listeners, 2);
+	CHECK_EQ_INT(c->num_listeners, 3); /* the admin listener is the last */
+	CHECK(c->admin == &c->listeners[2] && c->admin->admin && !c->listeners[1].admin);
 	CHECK_EQ_INT(c->listeners[1].addr.ss_family, AF_INET6);
 	CHECK(c->admin && strcmp(c->admin->address, "127.0.0.1:9090") == 0);
 	CHECK(c->admin && port_of(&c->admin->addr) == 9090);
