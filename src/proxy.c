@@ -397,12 +397,6 @@ static const char *error_type_for(unsigned status)
 	}
 }
 
-/*
- * respond_error queues a complete error response in the client format of the
- * current route. With close_after the connection closes once it is sent (the
- * framing of the rest of the input cannot be trusted, or a body was not read).
- * Must only be called before any byte of another response was queued.
- */
 /* A response the gateway makes itself, for /metrics. */
 static void count_local(struct sl_reactor *r, unsigned status)
 {
@@ -410,6 +404,12 @@ static void count_local(struct sl_reactor *r, unsigned status)
 		SL_METRIC_INC(r->metrics.local_responses[status - 100]);
 }
 
+/*
+ * respond_error queues a complete error response in the client format of the
+ * current route. With close_after the connection closes once it is sent (the
+ * framing of the rest of the input cannot be trusted, or a body was not read).
+ * Must only be called before any byte of another response was queued.
+ */
 static void respond_error(struct sl_reactor *r, struct sl_conn *c, unsigned status,
                           const char *type, const char *message, const char *extra_headers,
                           bool close_after)
@@ -1109,8 +1109,6 @@ static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
 	return true;
 }
 
-/* Handles a parsed request head. Returns false when the request was answered
- * (or the connection closed) and no body is to be read. */
 /* The admin listener: GET/HEAD /metrics and /healthz, nothing else (the
  * API routes are not served there, nor these on the public listeners). */
 static void admin_on_head(struct sl_reactor *r, struct sl_conn *c,
@@ -1144,6 +1142,8 @@ static void admin_on_head(struct sl_reactor *r, struct sl_conn *c,
 		respond_metrics(r, c, head);
 }
 
+/* Handles a parsed request head. Returns false when the request was answered
+ * (or the connection closed) and no body is to be read. */
 static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_http_request *req,
                            size_t head_len)
 {
