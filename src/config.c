@@ -1662,6 +1662,27 @@ static int parse_usage_log(struct loader *ld, json_t *root)
 	return 0;
 }
 
+static int parse_access_log(struct loader *ld, json_t *root)
+{
+	static const char *const keys[] = { "path", "flush_ms", "buffer_bytes", NULL };
+	struct sl_access_log_config *a = &ld->config->access_log;
+	json_t *o;
+	int rc = read_object(ld, root, "access_log", false, &o);
+	if (rc || !o)
+		return rc;
+	size_t old = path_push_key(ld, "access_log");
+	const char *path;
+	if ((rc = check_keys(ld, o, keys)) ||
+	    (rc = read_string(ld, o, "path", STR_REQUIRED | STR_NONEMPTY | STR_NO_CTL, &path)) ||
+	    (rc = read_u32(ld, o, "flush_ms", 1, 60000, &a->flush_ms)) ||
+	    (rc = read_u64(ld, o, "buffer_bytes", 4096, (uint64_t)1 << 30, &a->buffer_bytes)))
+		return rc;
+	if (!(a->path = dup_string(path)))
+		return fail_oom(ld);
+	path_pop(ld, old);
+	return 0;
+}
+
 static int parse_tier(struct loader *ld, json_t *obj, struct sl_tier_config *t)
 {
 	static const char *const keys[] = { "requests_per_minute", "tokens_per_minute",
@@ -1814,13 +1835,15 @@ static void set_defaults(struct sl_config *c)
 	c->usage_log.buffer_bytes = 1 << 20;
 	c->usage_log.segment_bytes_max = (uint64_t)64 << 20;
 	c->usage_log.segment_age_max_s = 3600;
+	c->access_log.flush_ms = 200;
+	c->access_log.buffer_bytes = 65536;
 }
 
 static int load_tree(struct loader *ld, json_t *root)
 {
 	static const char *const keys[] = { "listen", "admin", "data_dir", "threads", "limits",
 		                            "timeouts", "providers", "models", "tiers", "auth",
-		                            "rate_limits", "usage_log", "routing", NULL };
+		                            "rate_limits", "usage_log", "access_log", "routing", NULL };
 	struct sl_config *c = ld->config;
 	const char *data_dir;
 	int rc;
@@ -1834,6 +1857,7 @@ static int load_tree(struct loader *ld, json_t *root)
 	    (rc = parse_limits(ld, root)) || (rc = parse_providers(ld, root)) ||
 	    (rc = parse_models(ld, root)) || (rc = parse_auth(ld, root)) ||
 	    (rc = parse_rate(ld, root)) || (rc = parse_usage_log(ld, root)) ||
+	    (rc = parse_access_log(ld, root)) ||
 	    (rc = parse_routing(ld, root)) || (rc = parse_tiers(ld, root)))
 		return rc;
 	if (!(c->data_dir = dup_string(data_dir ? data_dir : "data")))
@@ -2007,6 +2031,7 @@ void sl_config_free(struct sl_config *config)
 		listener_free(&config->listeners[i]);
 	free(config->listeners); /* admin is one of them */
 	free(config->data_dir);
+	free(config->access_log.path);
 	for (uint32_t i = 0; i < config->num_providers; i++) {
 		struct sl_provider_config *p = &config->providers[i];
 		free(p->name);

@@ -286,6 +286,27 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		RAND_bytes((uint8_t *)&reactors[i].rnd, sizeof reactors[i].rnd);
 	}
 	free(fds);
+	/* the access log: one O_APPEND file for every reactor (accesslog.h) */
+	char alog_path[PATH_MAX] = "";
+	int alog_fd = -1;
+	if (cfg->access_log.path) {
+		const char *ap = cfg->access_log.path;
+		if (ap[0] == '/' || !cfg->config_dir)
+			snprintf(alog_path, sizeof alog_path, "%s", ap);
+		else
+			snprintf(alog_path, sizeof alog_path, "%s/%s", cfg->config_dir, ap);
+		alog_fd = sl_alog_open(alog_path);
+		if (alog_fd < 0) {
+			fprintf(stderr, "sluice: access_log: cannot open %s: %s\n", alog_path,
+			        strerror(-alog_fd));
+			return 1;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			if (sl_alog_init(&reactors[i].alog, alog_fd, cfg->access_log.buffer_bytes,
+			                 cfg->access_log.flush_ms) != 0)
+				return 1;
+		}
+	}
 	if (cfg->usage_log.enabled && open_usage_logs(cfg, gate, reactors, n) != 0)
 		return 1;
 	if (!cfg->usage_log.enabled && gate) {
@@ -329,6 +350,15 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 			sl_gate_reload_keys(gate, reactors, n, msg, sizeof msg);
 			fprintf(stderr, "sluice: SIGHUP: %s\n", msg);
 			sl_route_reenable_keys(route); /* provider keys refused with 401/403 */
+			if (alog_fd >= 0) {
+				/* log rotation: the file was moved, a new one takes its fd */
+				int arc = sl_alog_reopen(alog_fd, alog_path);
+				if (arc)
+					fprintf(stderr, "sluice: SIGHUP: access log %s not reopened: %s\n",
+					        alog_path, strerror(-arc));
+				else
+					fprintf(stderr, "sluice: SIGHUP: access log reopened\n");
+			}
 			if (tls) {
 				struct quiesce q = { gate, reactors, n };
 				sl_tls_reload(tls, wait_quiescent, &q, msg, sizeof msg);
@@ -352,6 +382,8 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 	/* only once all have stopped: one serving /metrics reads the others */
 	for (uint32_t i = 0; i < n; i++)
 		sl_reactor_destroy(&reactors[i]);
+	if (alog_fd >= 0)
+		close(alog_fd);
 	free(reactors);
 	/* every record is on disk: summarise them for the next start */
 	if (logs_clean && next_seq) {

@@ -89,6 +89,19 @@ static void family(struct out *o, const char *name, const char *type, const char
 	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family of one unlabelled sample. */
+static void single(struct out *o, const char *name, const char *type, const char *help, uint64_t v)
+{
+	family(o, name, type, help);
+	put(o, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* One sample of a family, its labels written out ("how=\"opened\""). */
+static void sample(struct out *o, const char *name, const char *labels, uint64_t v)
+{
+	put(o, "%s{%s} %llu\n", name, labels, (unsigned long long)v);
+}
+
 /* A label value as the format wants it: \, " and newline escaped. Config
  * names are short; longer ones are cut at 255 bytes. */
 static const char *label(const char *s, char *buf)
@@ -221,20 +234,16 @@ size_t sl_metrics_render(struct sl_reactor *rs, uint32_t n, char *out, size_t ca
 
 	family(&o, "sluice_info", "gauge", "The gateway's version; always 1.");
 	put(&o, "sluice_info{version=\"%s\"} 1\n", SLUICE_VERSION);
-	family(&o, "sluice_reactors", "gauge", "Reactor threads (one io_uring each).");
-	put(&o, "sluice_reactors %u\n", n);
-
-	family(&o, "sluice_connections_accepted_total", "counter", "Client connections accepted.");
-	put(&o, "sluice_connections_accepted_total %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->stats.accepted));
-	family(&o, "sluice_connections_open", "gauge", "Client connections open now.");
-	put(&o, "sluice_connections_open %llu\n", (unsigned long long)REACTOR_SUM(r_->num_clients));
-	family(&o, "sluice_requests_in_flight", "gauge", "Requests being routed or relayed now.");
-	put(&o, "sluice_requests_in_flight %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->num_exchanges));
-	family(&o, "sluice_http_requests_total", "counter",
-	       "Request heads parsed, on every route (the admin listener's included).");
-	put(&o, "sluice_http_requests_total %llu\n", (unsigned long long)REACTOR_SUM(r_->stats.requests));
+	single(&o, "sluice_reactors", "gauge", "Reactor threads (one io_uring each).", n);
+	single(&o, "sluice_connections_accepted_total", "counter", "Client connections accepted.",
+	       REACTOR_SUM(r_->stats.accepted));
+	single(&o, "sluice_connections_open", "gauge", "Client connections open now.",
+	       REACTOR_SUM(r_->num_clients));
+	single(&o, "sluice_requests_in_flight", "gauge", "Requests being routed or relayed now.",
+	       REACTOR_SUM(r_->num_exchanges));
+	single(&o, "sluice_http_requests_total", "counter",
+	       "Request heads parsed, on every route (the admin listener's included).",
+	       REACTOR_SUM(r_->stats.requests));
 
 	family(&o, "sluice_local_responses_total", "counter",
 	       "Responses the gateway made itself (errors before or instead of routing, /healthz, "
@@ -250,19 +259,27 @@ size_t sl_metrics_render(struct sl_reactor *rs, uint32_t n, char *out, size_t ca
 
 	family(&o, "sluice_upstream_connections_total", "counter",
 	       "Upstream connections: opened, or reused from a keep-alive pool.");
-	put(&o, "sluice_upstream_connections_total{how=\"opened\"} %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->stats.upstream_connects));
-	put(&o, "sluice_upstream_connections_total{how=\"reused\"} %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->stats.upstream_reused));
-	family(&o, "sluice_recv_buffer_stalls_total", "counter",
-	       "Receives that waited for a free buffer (limits.recv_buffers_per_core).");
-	put(&o, "sluice_recv_buffer_stalls_total %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->stats.recv_enobufs));
-	family(&o, "sluice_proxy_header_errors_total", "counter",
-	       "Connections closed for a missing or bad PROXY protocol header.");
-	put(&o, "sluice_proxy_header_errors_total %llu\n",
-	    (unsigned long long)REACTOR_SUM(r_->stats.proxy_header_bad));
-
+	sample(&o, "sluice_upstream_connections_total", "how=\"opened\"",
+	       REACTOR_SUM(r_->stats.upstream_connects));
+	sample(&o, "sluice_upstream_connections_total", "how=\"reused\"",
+	       REACTOR_SUM(r_->stats.upstream_reused));
+	single(&o, "sluice_recv_buffer_stalls_total", "counter",
+	       "Receives that waited for a free buffer (limits.recv_buffers_per_core).",
+	       REACTOR_SUM(r_->stats.recv_enobufs));
+	single(&o, "sluice_proxy_header_errors_total", "counter",
+	       "Connections closed for a missing or bad PROXY protocol header.",
+	       REACTOR_SUM(r_->stats.proxy_header_bad));
+	if (cfg->access_log.path) {
+		family(&o, "sluice_access_log_lines_total", "counter",
+		       "Access log lines, by what became of them.");
+		sample(&o, "sluice_access_log_lines_total", "result=\"buffered\"",
+		       REACTOR_SUM(r_->alog.lines));
+		sample(&o, "sluice_access_log_lines_total", "result=\"dropped\"",
+		       REACTOR_SUM(r_->alog.dropped));
+		single(&o, "sluice_access_log_write_errors_total", "counter",
+		       "Access log writes that failed (their lines are lost).",
+		       REACTOR_SUM(r_->alog.write_errors));
+	}
 	if (sl_tls_in_use(cfg)) {
 		struct sl_tls_stats t;
 		sl_tls_stats(&t);

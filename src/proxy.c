@@ -496,10 +496,118 @@ static size_t request_end(const struct sl_conn *c)
 	return c->cx.head_len + (size_t)c->cx.body_len;
 }
 
+static const struct sockaddr *client_peer(struct sl_conn *c);
+
+/* ,"key":"value" with the value escaped and cut at max bytes; the whole
+ * field or nothing, so a line that runs out of room is still JSON */
+static void w_json_field(struct wbuf *w, const char *key, const char *v, size_t n, size_t max)
+{
+	n = SL_MIN(n, max);
+	size_t k = strlen(key);
+	if (w->cap - w->len < k + 6 + sl_json_escaped_len(v, n))
+		return;
+	W_LIT(w, ",\"");
+	w_mem(w, key, k);
+	W_LIT(w, "\":\"");
+	w->len += sl_json_escape(v, n, w->p + w->len);
+	W_LIT(w, "\"");
+}
+
+static void w_num_field(struct wbuf *w, const char *key, uint64_t v)
+{
+	size_t k = strlen(key);
+	if (w->cap - w->len < k + 4 + 20)
+		return;
+	W_LIT(w, ",\"");
+	w_mem(w, key, k);
+	W_LIT(w, "\":");
+	w_u64(w, v);
+}
+
+/*
+ * The request's access log line (accesslog.h), once, when it ends: its
+ * response flushed, or its connection gone. status 499: the client left
+ * while the exchange was in progress; 0: nothing was answered.
+ */
+static void access_log_line(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->cx.access_pending)
+		return;
+	c->cx.access_pending = false;
+	if (!r->alog.buf[0])
+		return;
+	static const char *const methods[] = { "", "OTHER", "GET", "HEAD", "POST", "PUT",
+		                                "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE" };
+	char line[SL_ALOG_LINE_MAX];
+	/* room kept for the closing "}\n" whatever the fields took */
+	struct wbuf w = { line, 0, sizeof line - 2, false };
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	uint64_t elapsed = r->now_ms - c->cx.started_ms;
+	uint64_t start = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - elapsed;
+	char ts[21];
+	sl_format_rfc3339(start, ts); /* "2026-11-22T10:31:00Z" */
+	W_LIT(&w, "{\"time\":\"");
+	w_mem(&w, ts, 19);
+	char ms[6] = { '.', (char)('0' + start % 1000 / 100), (char)('0' + start % 100 / 10),
+		       (char)('0' + start % 10), 'Z', '"' };
+	w_mem(&w, ms, sizeof ms);
+	w_json_field(&w, "id", c->cx.request_id, strlen(c->cx.request_id), 64);
+	char ip[INET6_ADDRSTRLEN] = "";
+	const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)(const void *)client_peer(c);
+	if (a6->sin6_family == AF_INET6)
+		inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
+	else if (a6->sin6_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)a6)->sin_addr, ip,
+		          sizeof ip);
+	w_json_field(&w, "ip", ip, strlen(ip), sizeof ip);
+	if (c->cx.key.valid)
+		w_json_field(&w, "key", c->cx.key.id, strlen(c->cx.key.id), 64);
+	if (c->cx.method && c->cx.method < SL_ARRAY_LEN(methods)) {
+		w_json_field(&w, "method", methods[c->cx.method], strlen(methods[c->cx.method]), 16);
+		if (c->in && (size_t)c->cx.target_off + c->cx.target_len <= c->in_len)
+			w_json_field(&w, "path", c->in + c->cx.target_off, c->cx.target_len, 512);
+		else if (c->cx.path_len)
+			w_json_field(&w, "path", c->cx.path, c->cx.path_len, sizeof c->cx.path);
+	}
+	unsigned status = c->state == SL_CLIENT_EXCHANGE ? 499 : c->cx.status;
+	w_num_field(&w, "status", status);
+	if (c->cx.has_model) {
+		const struct sl_model_config *m = &r->config->models[c->cx.model_index];
+		w_json_field(&w, "model", m->id, strlen(m->id), 255);
+	}
+	if (c->cx.target) {
+		const struct sl_model_target *t = c->cx.target;
+		const char *p = r->config->providers[t->provider].name;
+		w_json_field(&w, "provider", p, strlen(p), 255);
+		w_json_field(&w, "upstream_model", t->model, strlen(t->model), 255);
+		w_num_field(&w, "attempts", c->cx.attempts);
+		w_num_field(&w, "input_tokens", c->cx.billed_input);
+		w_num_field(&w, "output_tokens", c->cx.billed_output);
+		char cost[32];
+		sl_format_pico_usd(c->cx.billed_cost, cost, sizeof cost);
+		w_json_field(&w, "cost_usd", cost, strlen(cost), sizeof cost);
+		if (w.cap - w.len >= 16) {
+			if (c->cx.stream)
+				W_LIT(&w, ",\"stream\":true");
+			else
+				W_LIT(&w, ",\"stream\":false");
+		}
+	}
+	if (c->cx.first_byte_ms)
+		w_num_field(&w, "ttfb_ms", c->cx.first_byte_ms - c->cx.started_ms);
+	w_num_field(&w, "ms", elapsed);
+	SL_ASSERT(!w.overflow);
+	w.cap += 2;
+	W_LIT(&w, "}\n");
+	sl_alog_append(&r->alog, &r->ring, sl_ud(SL_OP_ALOG_WRITE, 0, 0), line, w.len, r->now_ms);
+}
+
 /* After a response is flushed: drop the consumed request, keep pipelined
  * bytes, and go on with the next request. */
 static void client_next_request(struct sl_reactor *r, struct sl_conn *c)
 {
+	access_log_line(r, c);
 	size_t used = request_end(c);
 	SL_ASSERT(used <= c->in_len);
 	size_t left = c->in_len - used;
@@ -729,6 +837,9 @@ static void usage_log_record(struct sl_reactor *r, struct sl_conn *c, bool clien
 			rec.flags |= SL_UREC_PLAN;
 		c->cx.credit_held = false;
 	}
+	c->cx.billed_input = rec.input_tokens;
+	c->cx.billed_output = rec.output_tokens;
+	c->cx.billed_cost = rec.cost_pico_usd;
 	sl_metric_request(&r->metrics.models[c->cx.model_index], rec.status, rec.input_tokens,
 	                  rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
 	                  rec.cost_pico_usd, rec.flags & SL_UREC_ESTIMATED, rec.attempts,
@@ -1157,6 +1268,9 @@ static bool client_on_head(struct sl_reactor *r, struct sl_conn *c, struct sl_ht
 	c->cx.content_length = req->content_length;
 	c->keep_alive = req->keep_alive && !r->stopping;
 	c->cx.http10 = req->version_minor == 0;
+	c->cx.method = (uint8_t)(req->method + 1);
+	c->cx.target_off = (uint32_t)(req->target - c->in);
+	c->cx.target_len = (uint16_t)SL_MIN(req->target_len, (size_t)UINT16_MAX);
 	SL_METRIC_INC(r->stats.requests);
 	bool has_body = req->framing != SL_BODY_NONE;
 
@@ -1235,6 +1349,7 @@ static void client_process(struct sl_reactor *r, struct sl_conn *c)
 				return;
 			c->state = SL_CLIENT_HEAD;
 			c->cx.started_ms = r->now_ms;
+			c->cx.access_pending = true;
 			make_request_id(r, c);
 			sl_timer_arm(r, &c->timer, &r->header_q);
 			break;
@@ -1933,6 +2048,7 @@ static void exchange_begin(struct sl_reactor *r, struct sl_conn *c)
 		return;
 	}
 	c->cx.model_index = (uint32_t)(model - cfg->models);
+	c->cx.has_model = true;
 	if (r->ulog) {
 		/* from here on the exchange leaves a usage record */
 		c->cx.routed = true;
@@ -2635,6 +2751,11 @@ static void client_input_release(struct sl_reactor *r, struct sl_conn *c, struct
 {
 	if (!c->in || u->send_busy || u->sq.num || c->in_len != request_end(c))
 		return;
+	if (r->alog.buf[0] && c->cx.method) {
+		/* the access log line will want the path */
+		c->cx.path_len = (uint8_t)SL_MIN((size_t)c->cx.target_len, sizeof c->cx.path);
+		memcpy(c->cx.path, c->in + c->cx.target_off, c->cx.path_len);
+	}
 	sl_bufpool_put(&r->mem, c->in, c->in_cap);
 	c->in = NULL;
 	c->in_cap = c->in_len = 0;
@@ -3093,6 +3214,7 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 		SL_METRIC_ADD(r->num_clients, -1u);
 		attempt_end(r, c);
 		usage_log_record(r, c, true);
+		access_log_line(r, c);
 		limits_finish(r, c); /* a client gone mid-exchange */
 		sl_arena_release(&c->cx.arena);
 		sl_buf_release(&c->cx.pending);

@@ -676,6 +676,9 @@ static void handle_cqe(struct sl_reactor *r, struct io_uring_cqe *cqe)
 		conn_maybe_free(r, c);
 		break;
 	}
+	case SL_OP_ALOG_WRITE:
+		sl_alog_on_write(&r->alog, &r->ring, sl_ud(SL_OP_ALOG_WRITE, 0, 0), cqe->res);
+		break;
 	case SL_OP_CANCEL:
 		break;
 	default:
@@ -786,6 +789,7 @@ void sl_reactor_destroy(struct sl_reactor *r)
 	free(r->conn_free);
 	free(r->headers);
 	free(r->metrics.models);
+	sl_alog_destroy(&r->alog);
 	for (uint32_t p = 0; r->upstreams && p < r->config->num_providers; p++)
 		if (r->upstreams[p].tls_session)
 			SSL_SESSION_free(r->upstreams[p].tls_session);
@@ -891,7 +895,8 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 	uint64_t drain_deadline_ms = 0;
 	for (;;) {
 		if (r->stopping) {
-			if (r->conn_free_num == r->conn_cap)
+			/* an access log write in flight owns its buffer: wait for it */
+			if (r->conn_free_num == r->conn_cap && !r->alog.busy)
 				break;
 			if (!drain_deadline_ms)
 				drain_deadline_ms = r->now_ms + SL_DRAIN_TIMEOUT_MS;
@@ -918,6 +923,9 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 			}
 			next = SL_MIN(next, sl_ulog_next_deadline(r->ulog));
 		}
+		if (r->alog.buf[0])
+			next = SL_MIN(next, sl_alog_tick(&r->alog, &r->ring,
+			                                 sl_ud(SL_OP_ALOG_WRITE, 0, 0), r->now_ms));
 		if (drain_deadline_ms)
 			next = SL_MIN(next, drain_deadline_ms);
 		if (r->wait_cap_ms) {
@@ -956,6 +964,7 @@ int sl_reactor_run(struct sl_reactor *r, void (*ready_cb)(struct sl_reactor *, i
 			sl_tls_restart_starved(r);
 	}
 	io_uring_queue_exit(&r->ring);
+	sl_alog_finish(&r->alog); /* what is left, with write(2) */
 	if (r->ulog) {
 		/* every record of this reactor, written and synced before exit */
 		r->ulog_next_seq = sl_ulog_last_seq(r->ulog) + 1;

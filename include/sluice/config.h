@@ -215,6 +215,13 @@ struct sl_usage_log_config {
 	uint32_t segment_age_max_s; /* rotate past this age (3600) */
 };
 
+/* "access_log" (accesslog.h): off unless a path is given */
+struct sl_access_log_config {
+	char *path;             /* NULL: no access log; relative: to the config's directory */
+	uint32_t flush_ms;      /* a line waits at most this long for its write (200) */
+	uint64_t buffer_bytes;  /* per reactor, each of two buffers (65536) */
+};
+
 /* "routing": retries, failover, cooldowns and circuits (route.h) */
 struct sl_routing_config {
 	uint32_t attempts_max;      /* upstream attempts per request, before its first byte (3) */
@@ -248,6 +255,7 @@ struct sl_config {
 	struct sl_auth_config auth;
 	struct sl_rate_config rate;
 	struct sl_usage_log_config usage_log;
+	struct sl_access_log_config access_log;
 	struct sl_routing_config routing;
 	struct sl_tier_config *tiers;
 	uint32_t num_tiers;

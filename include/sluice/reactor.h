@@ -28,6 +28,7 @@
 #include "sluice/buf.h"
 #include "sluice/route.h"
 #include "sluice/metrics.h"
+#include "sluice/accesslog.h"
 
 struct sl_convert_ctx;
 struct sl_gate;
@@ -265,6 +266,16 @@ struct sl_conn {
 		struct __kernel_timespec retry_ts;
 		uint8_t img_tail_len;
 		char img_tail[10];        /* the last bytes of the previous piece */
+		/* the access log line (accesslog.h), written once the request ends */
+		bool access_pending;      /* a request began and has no line yet */
+		bool has_model;           /* model_index names the model asked for */
+		uint8_t method;           /* enum sl_http_method; 0: the head never parsed */
+		uint16_t target_len;
+		uint32_t target_off;      /* the request target, in in[] */
+		uint8_t path_len;         /* path: the target's first bytes, kept when */
+		char path[63];            /* in[] is released mid-response */
+		uint64_t billed_input, billed_output; /* as in the usage record */
+		int64_t billed_cost;
 	} cx;
 
 	/* client: its address, fetched on first need (IP blocking) */
@@ -401,6 +412,7 @@ struct sl_reactor {
 	 * whichever reactor serves /metrics. */
 	struct sl_reactor_stats stats;
 	struct sl_metrics metrics;
+	struct sl_alog alog;      /* buf[0] NULL: no access log */
 	/* every reactor of the process, for /metrics (set by main before start) */
 	struct sl_reactor *all;
 	uint32_t num_all;
@@ -417,6 +429,7 @@ enum sl_op {
 	SL_OP_ULOG_WRITE, /* the usage log's group commit (usagelog.h) */
 	SL_OP_ULOG_FSYNC,
 	SL_OP_RETRY, /* a client's backoff before its next upstream attempt */
+	SL_OP_ALOG_WRITE, /* the access log's write (accesslog.h) */
 };
 
 static inline uint64_t sl_ud(enum sl_op op, uint32_t gen, uint32_t slot)

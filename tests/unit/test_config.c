@@ -163,6 +163,9 @@ TEST(every_default)
 	CHECK_EQ_INT(l->keepalive_timeout_ms, 75000);
 	CHECK_EQ_INT(l->send_timeout_ms, 60000);
 	CHECK_EQ_INT(l->proxy_header_bytes_max, 4096);
+	CHECK(c->access_log.path == NULL);
+	CHECK_EQ_INT(c->access_log.flush_ms, 200);
+	CHECK_EQ_INT(c->access_log.buffer_bytes, 65536);
 	CHECK(!c->listeners[0].proxy_protocol);
 	const struct sl_provider_config *p = &c->providers[0];
 	CHECK_EQ_INT(p->keys[0].weight, 1);
@@ -386,6 +389,14 @@ TEST(limit_errors)
 	      "limits.proxy_header_bytes_max: must be between 232 and 65551");
 	ERROR(CFG(", \"limits\": { \"proxy_header_bytes_max\": 65552 }"),
 	      "limits.proxy_header_bytes_max: must be between 232 and 65551");
+	ERROR(CFG(", \"access_log\": {}"), "access_log.path: required key is missing");
+	ERROR(CFG(", \"access_log\": { \"path\": \"\" }"), "access_log.path: must not be empty");
+	ERROR(CFG(", \"access_log\": { \"path\": \"a\", \"flush_ms\": 0 }"),
+	      "access_log.flush_ms: must be between 1 and 60000");
+	ERROR(CFG(", \"access_log\": { \"path\": \"a\", \"buffer_bytes\": 4095 }"),
+	      "access_log.buffer_bytes: must be between 4096 and 1073741824");
+	ERROR(CFG(", \"access_log\": { \"path\": \"a\", \"format\": \"x\" }"),
+	      "access_log.format: unknown key");
 	ERROR(CFG(", \"timeouts\": { \"header_ms\": 0 }"),
 	      "timeouts.header_ms: must be between 1 and 86400000");
 	ERROR(CFG(", \"timeouts\": { \"send_ms\": 86400001 }"),
@@ -467,6 +478,14 @@ TEST(listener_parsing)
 		CHECK(!c->listeners[0].proxy_protocol);
 		CHECK(c->listeners[1].proxy_protocol);
 		CHECK_EQ_INT(c->limits.proxy_header_bytes_max, 232);
+		sl_config_free(c);
+	}
+	c = LOAD(CFG(", \"access_log\": { \"path\": \"/var/log/sluice/access.log\", "
+	             "\"flush_ms\": 1000, \"buffer_bytes\": 4096 }"));
+	if (c) {
+		CHECK(strcmp(c->access_log.path, "/var/log/sluice/access.log") == 0);
+		CHECK_EQ_INT(c->access_log.flush_ms, 1000);
+		CHECK_EQ_INT(c->access_log.buffer_bytes, 4096);
 		sl_config_free(c);
 	}
 	c = LOAD(with_listen("[::]:443"));
