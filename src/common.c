@@ -66,14 +66,35 @@ uint32_t sl_crc32c(const void *data, size_t len)
 
 void sl_format_pico_usd(int64_t pico, char *out, size_t len)
 {
+	/* by hand, not snprintf: the access log writes one per request */
 	uint64_t m = pico < 0 ? -(uint64_t)pico : (uint64_t)pico;
-	char frac[13];
-	snprintf(frac, sizeof frac, "%012llu", (unsigned long long)(m % 1000000000000u));
-	size_t n = 12;
-	while (n > 6 && frac[n - 1] == '0')
-		frac[--n] = '\0';
-	snprintf(out, len, "%s%llu.%s", pico < 0 ? "-" : "", (unsigned long long)(m / 1000000000000u),
-	         frac);
+	char text[40], digits[20];
+	size_t n = 0, d = 0;
+	if (pico < 0)
+		text[n++] = '-';
+	uint64_t whole = m / 1000000000000u, frac = m % 1000000000000u;
+	do {
+		digits[d++] = (char)('0' + whole % 10);
+		whole /= 10;
+	} while (whole);
+	while (d)
+		text[n++] = digits[--d];
+	text[n++] = '.';
+	char f[12];
+	for (int i = 11; i >= 0; i--) {
+		f[i] = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	size_t fl = 12; /* at least six decimals: micro-dollars */
+	while (fl > 6 && f[fl - 1] == '0')
+		fl--;
+	memcpy(text + n, f, fl);
+	n += fl;
+	if (len) {
+		size_t c = n < len - 1 ? n : len - 1;
+		memcpy(out, text, c);
+		out[c] = '\0';
+	}
 }
 
 static void put2(char *p, unsigned v)

@@ -499,30 +499,34 @@ static size_t request_end(const struct sl_conn *c)
 static const struct sockaddr *client_peer(struct sl_conn *c);
 
 /* ,"key":"value" with the value escaped and cut at max bytes; the whole
- * field or nothing, so a line that runs out of room is still JSON */
-static void w_json_field(struct wbuf *w, const char *key, const char *v, size_t n, size_t max)
+ * field or nothing, so a line that runs out of room is still JSON. The
+ * macros make the key's prefix a literal (no strlen per field). */
+static void w_json_field(struct wbuf *w, const char *prefix, size_t prefix_len, const char *v,
+                         size_t n, size_t max)
 {
 	n = SL_MIN(n, max);
-	size_t k = strlen(key);
-	if (w->cap - w->len < k + 6 + sl_json_escaped_len(v, n))
+	size_t e = sl_json_escaped_len(v, n);
+	if (w->cap - w->len < prefix_len + e + 1)
 		return;
-	W_LIT(w, ",\"");
-	w_mem(w, key, k);
-	W_LIT(w, "\":\"");
-	w->len += sl_json_escape(v, n, w->p + w->len);
+	w_mem(w, prefix, prefix_len);
+	if (e == n)
+		memcpy(w->p + w->len, v, n); /* nothing to escape: the common case */
+	else
+		sl_json_escape(v, n, w->p + w->len);
+	w->len += e;
 	W_LIT(w, "\"");
 }
+#define W_STR_FIELD(w, key, v, n, max) \
+	w_json_field(w, ",\"" key "\":\"", sizeof(key) + 4, v, n, max)
 
-static void w_num_field(struct wbuf *w, const char *key, uint64_t v)
+static void w_num_field(struct wbuf *w, const char *prefix, size_t prefix_len, uint64_t v)
 {
-	size_t k = strlen(key);
-	if (w->cap - w->len < k + 4 + 20)
+	if (w->cap - w->len < prefix_len + 20)
 		return;
-	W_LIT(w, ",\"");
-	w_mem(w, key, k);
-	W_LIT(w, "\":");
+	w_mem(w, prefix, prefix_len);
 	w_u64(w, v);
 }
+#define W_NUM_FIELD(w, key, v) w_num_field(w, ",\"" key "\":", sizeof(key) + 3, v)
 
 /*
  * The request's access log line (accesslog.h), once, when it ends: its
@@ -546,47 +550,56 @@ static void access_log_line(struct sl_reactor *r, struct sl_conn *c)
 	uint64_t elapsed = r->now_ms - c->cx.started_ms;
 	uint64_t start = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000 - elapsed;
 	char ts[21];
-	sl_format_rfc3339(start, ts); /* "2026-11-22T10:31:00Z" */
+	sl_format_rfc3339(start - start % 1000, ts); /* "2026-11-22T10:31:00Z" (whole: it rounds up) */
 	W_LIT(&w, "{\"time\":\"");
 	w_mem(&w, ts, 19);
 	char ms[6] = { '.', (char)('0' + start % 1000 / 100), (char)('0' + start % 100 / 10),
 		       (char)('0' + start % 10), 'Z', '"' };
 	w_mem(&w, ms, sizeof ms);
-	w_json_field(&w, "id", c->cx.request_id, strlen(c->cx.request_id), 64);
-	char ip[INET6_ADDRSTRLEN] = "";
+	W_STR_FIELD(&w, "id", c->cx.request_id, strlen(c->cx.request_id), 64);
 	const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)(const void *)client_peer(c);
-	if (a6->sin6_family == AF_INET6)
+	if (a6->sin6_family == AF_INET) {
+		/* by hand: inet_ntop costs more than the rest of the line */
+		const uint8_t *b =
+		    (const uint8_t *)&((const struct sockaddr_in *)(const void *)a6)->sin_addr;
+		W_LIT(&w, ",\"ip\":\"");
+		for (int i = 0; i < 4; i++) {
+			if (i)
+				W_LIT(&w, ".");
+			w_u64(&w, b[i]);
+		}
+		W_LIT(&w, "\"");
+	} else if (a6->sin6_family == AF_INET6) {
+		char ip[INET6_ADDRSTRLEN];
 		inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
-	else if (a6->sin6_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)a6)->sin_addr, ip,
-		          sizeof ip);
-	w_json_field(&w, "ip", ip, strlen(ip), sizeof ip);
+		W_STR_FIELD(&w, "ip", ip, strlen(ip), sizeof ip);
+	}
 	if (c->cx.key.valid)
-		w_json_field(&w, "key", c->cx.key.id, strlen(c->cx.key.id), 64);
+		W_STR_FIELD(&w, "key", c->cx.key.id, strlen(c->cx.key.id), 64);
 	if (c->cx.method && c->cx.method < SL_ARRAY_LEN(methods)) {
-		w_json_field(&w, "method", methods[c->cx.method], strlen(methods[c->cx.method]), 16);
+		W_STR_FIELD(&w, "method", methods[c->cx.method], strlen(methods[c->cx.method]), 16);
 		if (c->in && (size_t)c->cx.target_off + c->cx.target_len <= c->in_len)
-			w_json_field(&w, "path", c->in + c->cx.target_off, c->cx.target_len, 512);
+			W_STR_FIELD(&w, "path", c->in + c->cx.target_off, c->cx.target_len, 512);
 		else if (c->cx.path_len)
-			w_json_field(&w, "path", c->cx.path, c->cx.path_len, sizeof c->cx.path);
+			W_STR_FIELD(&w, "path", c->cx.path, c->cx.path_len, sizeof c->cx.path);
 	}
 	unsigned status = c->state == SL_CLIENT_EXCHANGE ? 499 : c->cx.status;
-	w_num_field(&w, "status", status);
+	W_NUM_FIELD(&w, "status", status);
 	if (c->cx.has_model) {
 		const struct sl_model_config *m = &r->config->models[c->cx.model_index];
-		w_json_field(&w, "model", m->id, strlen(m->id), 255);
+		W_STR_FIELD(&w, "model", m->id, strlen(m->id), 255);
 	}
 	if (c->cx.target) {
 		const struct sl_model_target *t = c->cx.target;
 		const char *p = r->config->providers[t->provider].name;
-		w_json_field(&w, "provider", p, strlen(p), 255);
-		w_json_field(&w, "upstream_model", t->model, strlen(t->model), 255);
-		w_num_field(&w, "attempts", c->cx.attempts);
-		w_num_field(&w, "input_tokens", c->cx.billed_input);
-		w_num_field(&w, "output_tokens", c->cx.billed_output);
+		W_STR_FIELD(&w, "provider", p, strlen(p), 255);
+		W_STR_FIELD(&w, "upstream_model", t->model, strlen(t->model), 255);
+		W_NUM_FIELD(&w, "attempts", c->cx.attempts);
+		W_NUM_FIELD(&w, "input_tokens", c->cx.billed_input);
+		W_NUM_FIELD(&w, "output_tokens", c->cx.billed_output);
 		char cost[32];
 		sl_format_pico_usd(c->cx.billed_cost, cost, sizeof cost);
-		w_json_field(&w, "cost_usd", cost, strlen(cost), sizeof cost);
+		W_STR_FIELD(&w, "cost_usd", cost, strlen(cost), sizeof cost);
 		if (w.cap - w.len >= 16) {
 			if (c->cx.stream)
 				W_LIT(&w, ",\"stream\":true");
@@ -595,8 +608,8 @@ static void access_log_line(struct sl_reactor *r, struct sl_conn *c)
 		}
 	}
 	if (c->cx.first_byte_ms)
-		w_num_field(&w, "ttfb_ms", c->cx.first_byte_ms - c->cx.started_ms);
-	w_num_field(&w, "ms", elapsed);
+		W_NUM_FIELD(&w, "ttfb_ms", c->cx.first_byte_ms - c->cx.started_ms);
+	W_NUM_FIELD(&w, "ms", elapsed);
 	SL_ASSERT(!w.overflow);
 	w.cap += 2;
 	W_LIT(&w, "}\n");
