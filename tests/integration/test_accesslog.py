@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from harness import (CLIENT_KEY, GATEWAY_BIN, Conn, Gateway, base_config, build_request,  # noqa: E402
@@ -49,6 +50,11 @@ def one_line_per_request_whatever_became_of_it(e):
     g = Gateway(e, "alog-lines", dict(ALOG, admin={"address": "127.0.0.1:0"}))
     want = {}  # request id -> status
     try:
+        # the line's time is when the request began, to the millisecond
+        t0 = time.time()
+        timed = post(g, chat_body())
+        t1 = time.time()
+        want[timed.header("x-request-id")] = 200
         with ThreadPoolExecutor(8) as pool:
             for r in pool.map(lambda _: post(g, chat_body()), range(40)):
                 expect(r.status == 200, f"chat: {r.status}")
@@ -103,6 +109,9 @@ def one_line_per_request_whatever_became_of_it(e):
             expect((ln["input_tokens"], ln["output_tokens"], ln["model"], ln["provider"]) ==
                    (u["input"], u["output"], u["model"], u["provider"]),
                    f"{rid}: line {ln} vs usage record {u}")
+    t = datetime.strptime(by_id[timed.header("x-request-id")]["time"],
+                          "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    expect(t0 - 0.002 <= t <= t1, f"line time {t:.3f} outside the request's [{t0:.3f}, {t1:.3f}]")
     expect(by_id[aborted].get("path") == "/v1/chat/completions" and by_id[aborted]["stream"],
            f"aborted line: {by_id[aborted]}")
     nope = [ln for ln in lines if ln.get("path", "").startswith("/v1/nope")]
