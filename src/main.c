@@ -196,6 +196,25 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		n = num_cpus;
 	raise_fd_limit();
 
+	/* the access log: one O_APPEND file for every reactor (accesslog.h);
+	 * opened first, so that a bad path stops the start with nothing else
+	 * to undo */
+	char alog_path[PATH_MAX] = "";
+	int alog_fd = -1;
+	if (cfg->access_log.path) {
+		const char *ap = cfg->access_log.path;
+		if (ap[0] == '/' || !cfg->config_dir)
+			snprintf(alog_path, sizeof alog_path, "%s", ap);
+		else
+			snprintf(alog_path, sizeof alog_path, "%s/%s", cfg->config_dir, ap);
+		alog_fd = sl_alog_open(alog_path);
+		if (alog_fd < 0) {
+			fprintf(stderr, "sluice: access_log: cannot open %s: %s\n", alog_path,
+			        strerror(-alog_fd));
+			return 1;
+		}
+	}
+
 	/* Listening sockets: one per reactor per listener, all SO_REUSEPORT on
 	 * the same address. A port of 0 is resolved by the first bind and
 	 * reused by the rest, so every reactor shares the one port. */
@@ -286,21 +305,7 @@ static int serve(struct sl_config *cfg, uint32_t threads_override)
 		RAND_bytes((uint8_t *)&reactors[i].rnd, sizeof reactors[i].rnd);
 	}
 	free(fds);
-	/* the access log: one O_APPEND file for every reactor (accesslog.h) */
-	char alog_path[PATH_MAX] = "";
-	int alog_fd = -1;
-	if (cfg->access_log.path) {
-		const char *ap = cfg->access_log.path;
-		if (ap[0] == '/' || !cfg->config_dir)
-			snprintf(alog_path, sizeof alog_path, "%s", ap);
-		else
-			snprintf(alog_path, sizeof alog_path, "%s/%s", cfg->config_dir, ap);
-		alog_fd = sl_alog_open(alog_path);
-		if (alog_fd < 0) {
-			fprintf(stderr, "sluice: access_log: cannot open %s: %s\n", alog_path,
-			        strerror(-alog_fd));
-			return 1;
-		}
+	if (alog_fd >= 0) {
 		for (uint32_t i = 0; i < n; i++) {
 			if (sl_alog_init(&reactors[i].alog, alog_fd, cfg->access_log.buffer_bytes,
 			                 cfg->access_log.flush_ms) != 0)
