@@ -3125,6 +3125,19 @@ void sl_proxy_on_send_error(struct sl_reactor *r, struct sl_conn *c, int err)
 	upstream_fail(r, c, 502, "upstream_error", "could not send the request to the provider");
 }
 
+/* Closes a client whose last response is flushed. Over TLS a close_notify
+ * goes first: a client reading to EOF (an HTTP/1.0 stream) can then tell a
+ * whole response from a cut one. */
+static void client_close_flushed(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (c->ssl && !c->tls_shutdown) {
+		c->tls_shutdown = true;
+		if (sl_tls_shutdown(r, c))
+			return; /* back through sl_proxy_on_sent once it is out */
+	}
+	sl_conn_close(r, c);
+}
+
 void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->kind != SL_CONN_CLIENT)
@@ -3140,12 +3153,12 @@ void sl_proxy_on_sent(struct sl_reactor *r, struct sl_conn *c)
 	if (c->sq.num || c->send_busy || c->ovf_num || c->cx.pending.len)
 		return;
 	if (c->close_after_flush && c->state != SL_CLIENT_EXCHANGE) {
-		sl_conn_close(r, c);
+		client_close_flushed(r, c);
 		return;
 	}
 	if (c->state == SL_CLIENT_FLUSH) {
 		if (!c->keep_alive)
-			sl_conn_close(r, c);
+			client_close_flushed(r, c);
 		else
 			client_next_request(r, c);
 	}

@@ -837,6 +837,20 @@ void sl_tls_send(struct sl_reactor *r, struct sl_conn *c)
 	tls_send_out(r, c);
 }
 
+bool sl_tls_shutdown(struct sl_reactor *r, struct sl_conn *c)
+{
+	if (!c->ssl || !c->tls_ready || c->closing)
+		return false;
+	/* writes the close_notify alert through our BIO into tls_out; we do
+	 * not wait for the peer's (a unidirectional shutdown, as HTTP allows) */
+	if (SSL_shutdown(c->ssl) < 0) {
+		ERR_clear_error();
+		return false;
+	}
+	tls_send_out(r, c);
+	return c->send_busy;
+}
+
 void sl_tls_on_sent(struct sl_reactor *r, struct sl_conn *c, size_t n)
 {
 	c->tls_out_off += (uint32_t)n;

@@ -176,6 +176,7 @@ struct sl_conn {
 	bool tls_ready;            /* handshake done */
 	bool tls_starved;          /* waiting for a TLS buffer; recv not re-armed */
 	bool tls_client;           /* upstream side */
+	bool tls_shutdown;         /* close_notify sent: close once it is out */
 	struct sl_conn *tls_starved_next;
 
 	/* client: recv buffers of pipelined requests that arrived while one was

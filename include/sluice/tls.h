@@ -69,6 +69,11 @@ void sl_tls_on_connected(struct sl_reactor *r, struct sl_conn *c);
 void sl_tls_on_recv(struct sl_reactor *r, struct sl_conn *c, const char *data, size_t len);
 void sl_tls_send(struct sl_reactor *r, struct sl_conn *c);
 void sl_tls_on_sent(struct sl_reactor *r, struct sl_conn *c, size_t n);
+/* sl_tls_shutdown sends close_notify on an established connection before a
+ * graceful close: true while it is on its way (the send's completion comes
+ * back through the proxy's on_sent), false when there is nothing to wait
+ * for. */
+bool sl_tls_shutdown(struct sl_reactor *r, struct sl_conn *c);
 void sl_tls_release(struct sl_reactor *r, struct sl_conn *c);
 /* TLS buffers came back: connections waiting for one go on. */
 void sl_tls_restart_starved(struct sl_reactor *r);

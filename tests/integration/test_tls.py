@@ -100,6 +100,40 @@ def tls12_and_tls13_serve_chat(e):
 
 
 @test(env="tls", fresh=True, timeout=60)
+def close_notify_before_a_graceful_close(e):
+    """A response that ends with the connection (HTTP/1.0, Connection: close)
+    is followed by a TLS close_notify, so a client reading to EOF can tell it
+    got the whole response: Python raises SSLEOFError without one."""
+    g = Gateway(e, "tls-close-notify")
+    try:
+        cases = [("HTTP/1.0 stream", chat_body(stream=True), {}, "HTTP/1.0"),
+                 ("HTTP/1.1 Connection: close", chat_body(), {"Connection": "close"}, "HTTP/1.1")]
+        for what, body, extra, version in cases:
+            raw = socket.create_connection(g.tls_addr, timeout=10)
+            s = client_ctx().wrap_socket(raw, server_hostname="localhost",
+                                         suppress_ragged_eofs=False)
+            try:
+                s.sendall(build_request("POST", "/v1/chat/completions", body, dict(AUTH, **extra),
+                                        version=version))
+                data = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except ssl.SSLEOFError:
+                        expect(False, f"{what}: the connection ended without close_notify")
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                s.close()
+            expect(data.startswith(b"HTTP/1.1 200"), f"{what}: {data[:80]!r}")
+            if "stream" in what:
+                expect(b"data: [DONE]" in data, f"{what}: the stream's end is missing")
+    finally:
+        g.stop()
+
+
+@test(env="tls", fresh=True, timeout=60)
 def old_protocols_and_foreign_alpn_refused(e):
     g = Gateway(e, "tls-refuse")
     try:
