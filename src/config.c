@@ -499,15 +499,30 @@ static int parse_listener_tls(struct loader *ld, json_t *obj, struct sl_listener
 	return 0;
 }
 
-/* Parses one {"address": ..., "tls": ...} object (listen[i] or admin). */
+static int resolve_key(struct loader *ld, const char *text, struct sl_provider_key *out);
+
+/* Parses one {"address": ..., "tls": ...} object (listen[i] or admin; the
+ * admin listener may also have a "key"). */
 static int parse_listener(struct loader *ld, json_t *obj, struct sl_listener_config *out)
 {
 	static const char *const keys[] = { "address", "tls", "proxy_protocol", NULL };
+	static const char *const admin_keys[] = { "address", "tls", "proxy_protocol", "key", NULL };
 	if (!json_is_object(obj))
 		return fail(ld, "expected an object");
-	int rc = check_keys(ld, obj, keys);
+	int rc = check_keys(ld, obj, out->admin ? admin_keys : keys);
 	if (rc || (rc = read_bool(ld, obj, "proxy_protocol", &out->proxy_protocol)))
 		return rc;
+	json_t *key = json_object_get(obj, "key");
+	if (key) {
+		size_t kp = path_push_key(ld, "key");
+		if (!json_is_string(key))
+			return fail(ld, "expected a string: the key, or env:NAME");
+		struct sl_provider_key k = { 0 };
+		if ((rc = resolve_key(ld, json_string_value(key), &k)))
+			return rc;
+		out->admin_key = k.key;
+		path_pop(ld, kp);
+	}
 	const char *address;
 	if ((rc = read_string(ld, obj, "address", STR_REQUIRED | STR_NONEMPTY, &address)))
 		return rc;
@@ -2009,6 +2024,7 @@ int sl_config_load_file(const char *path, struct sl_config **out, char *err, siz
 static void listener_free(struct sl_listener_config *l)
 {
 	free(l->address);
+	free(l->admin_key);
 	if (l->tls) {
 		for (uint32_t i = 0; i < l->tls->num_certs; i++) {
 			free(l->tls->certs[i].cert);

@@ -1233,6 +1233,27 @@ static bool exchange_admit(struct sl_reactor *r, struct sl_conn *c,
 	return true;
 }
 
+static bool header_credential(const struct sl_http_header *h, const char **out, size_t *out_len);
+
+/* The request carries the admin key (Authorization: Bearer, or x-api-key);
+ * compared in constant time. */
+static bool admin_key_ok(const struct sl_http_request *req, const char *want)
+{
+	size_t want_len = strlen(want);
+	for (size_t i = 0; i < req->num_headers; i++) {
+		const char *v;
+		size_t n;
+		if (!header_credential(&req->headers[i], &v, &n) || n != want_len)
+			continue;
+		unsigned char diff = 0;
+		for (size_t k = 0; k < n; k++)
+			diff |= (unsigned char)(v[k] ^ want[k]);
+		if (diff == 0)
+			return true;
+	}
+	return false;
+}
+
 /* The admin listener: GET/HEAD /metrics and /healthz, nothing else (the
  * API routes are not served there, nor these on the public listeners). */
 static void admin_on_head(struct sl_reactor *r, struct sl_conn *c,
@@ -1253,6 +1274,13 @@ static void admin_on_head(struct sl_reactor *r, struct sl_conn *c,
 	if (req->method != SL_METHOD_GET && !head) {
 		respond_error(r, c, 405, NULL, "Method not allowed on this route; use GET",
 		              "Allow: GET, HEAD\r\n", has_body);
+		return;
+	}
+	const char *want = r->config->admin->admin_key;
+	if (metrics && want && !admin_key_ok(req, want)) {
+		respond_error(r, c, 401, NULL,
+		              "The admin listener needs its key: Authorization: Bearer <admin key>",
+		              "WWW-Authenticate: Bearer\r\n", has_body);
 		return;
 	}
 	if (has_body) {

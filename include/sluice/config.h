@@ -46,6 +46,7 @@ struct sl_listener_config {
 	struct sl_listener_tls_config *tls; /* NULL: plain HTTP */
 	bool proxy_protocol; /* every connection starts with a PROXY header (proxyproto.h) */
 	bool admin;          /* the admin listener: serves /metrics and /healthz only */
+	char *admin_key;     /* admin: "key" (resolved env:NAME) that /metrics needs; NULL: none */
 };
 
 /* Bounds and timeouts of the data path. Every field has a documented default

@@ -180,6 +180,36 @@ def admin_listener_serves_only_admin_routes(e):
 
 
 @test(env="metrics", fresh=True, timeout=60)
+def admin_key_guards_metrics_not_health(e):
+    os.environ["SLUICE_TEST_ADMIN_KEY"] = "adm-0123456789abcdef"
+    g = Gateway(e, "metrics-key", {"admin": {"address": "127.0.0.1:0",
+                                             "key": "env:SLUICE_TEST_ADMIN_KEY"}})
+    try:
+        admin = g.listener("(admin)")
+        for what, headers in (("no key", {}), ("a wrong key", {"Authorization": "Bearer adm-0123"}),
+                              ("the client key", AUTH),
+                              ("a longer key", {"Authorization": "Bearer adm-0123456789abcdefX"})):
+            with Conn(admin) as c:
+                c.send(build_request("GET", "/metrics", None, headers))
+                r = c.read_response()
+            expect(r.status == 401 and r.header("www-authenticate") == "Bearer",
+                   f"/metrics with {what}: {r.status} {r.header('www-authenticate')}")
+            expect(b"adm-0123456789abcdef" not in r.body, "the admin key echoed")
+        for headers in ({"Authorization": "Bearer adm-0123456789abcdef"},
+                        {"x-api-key": "adm-0123456789abcdef"}):
+            with Conn(admin) as c:
+                c.send(build_request("GET", "/metrics", None, headers))
+                r = c.read_response()
+            expect(r.status == 200 and b"sluice_info" in r.body, f"/metrics with the key: {r.status}")
+        with Conn(admin) as c:
+            c.send(build_request("GET", "/healthz"))
+            expect(c.read_response().status == 200, "/healthz needs no key")
+        expect("adm-0123456789abcdef" not in g.log(), "the admin key is in the gateway's log")
+    finally:
+        g.stop()
+
+
+@test(env="metrics", fresh=True, timeout=60)
 def promtool_accepts_the_exposition(e):
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     expect(os.access(promtool, os.X_OK), "promtool is not installed (./configure --install-deps)")

@@ -350,7 +350,13 @@ TEST(top_level_errors)
 	      "rate_limits.daily_reset_hour_utc: must be between 0 and 23");
 	ERROR(CFG(", \"admin\": { \"address\": \"nope\" }"),
 	      "admin.address: expected HOST:PORT, [IPV6]:PORT or :PORT");
-	ERROR(CFG(", \"admin\": { \"address\": \":1\", \"key\": \"x\" }"), "admin.key: unknown key");
+	ERROR(CFG(", \"admin\": { \"address\": \":1\", \"token\": \"x\" }"), "admin.token: unknown key");
+	ERROR(CFG(", \"admin\": { \"address\": \":1\", \"key\": 5 }"),
+	      "admin.key: expected a string: the key, or env:NAME");
+	ERROR(CFG(", \"admin\": { \"address\": \":1\", \"key\": \"env:SLUICE_NO_SUCH_VAR\" }"),
+	      "admin.key: environment variable SLUICE_NO_SUCH_VAR is not set");
+	ERROR("{ \"listen\": [{ \"address\": \":1\", \"key\": \"x\" }], " PROVIDERS ", " MODELS "}",
+	      "listen[0].key: unknown key");
 	ERROR(with_models("{}"), "models: needs at least one model");
 	ERROR("{" LISTEN ", \"providers\": {}, " MODELS "}", "providers: needs at least one provider");
 	/* Messages stay on one line whatever the key holds. */
