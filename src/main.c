@@ -4,6 +4,7 @@
  * socket per reactor per listener, starts one reactor thread per CPU, and
  * waits for signals: SIGTERM/SIGINT drain in-flight exchanges and exit 0.
  */
+#include "sluice/connect.h"
 #include "sluice/config.h"
 #include "sluice/credit.h"
 #include "sluice/gate.h"
@@ -35,6 +36,7 @@ static void usage(FILE *out)
 	      "       sluice check-config -c FILE\n"
 	      "       sluice keys create|import|list|show|update|revoke|topup ... (sluice keys --help)\n"
 	      "       sluice usage verify|export|totals ... (sluice usage --help)\n"
+	      "       sluice connect --url URL --key KEY [--write] [TOOL ...] (sluice connect --help)\n"
 	      "       sluice version\n"
 	      "\n"
 	      "serve without -c runs the embedded demo config: it listens on\n"
@@ -442,6 +444,8 @@ int main(int argc, char **argv)
 		return sl_keys_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "usage") == 0)
 		return sl_ulog_main(argc - 1, argv + 1);
+	if (strcmp(cmd, "connect") == 0)
+		return sl_connect_main(argc - 1, argv + 1);
 	if (strcmp(cmd, "serve") != 0 && strcmp(cmd, "check-config") != 0) {
 		fprintf(stderr, "sluice: unknown command '%s'\n", cmd);
 		usage(stderr);
