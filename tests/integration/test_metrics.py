@@ -10,12 +10,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from harness import (ANTHROPIC_VERSION, CLIENT_KEY, Conn, Gateway, build_request,  # noqa: E402
-                     chat_body, env, expect, expect_error, main, messages_body, test)
+                     chat_body, closed_port, env, eventually, expect, expect_error, main,
+                     messages_body, test)
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 XKEY = {"x-api-key": CLIENT_KEY, "anthropic-version": ANTHROPIC_VERSION}
@@ -206,6 +209,61 @@ def admin_key_guards_metrics_not_health(e):
             expect(c.read_response().status == 200, "/healthz needs no key")
         expect("adm-0123456789abcdef" not in g.log(), "the admin key is in the gateway's log")
     finally:
+        g.stop()
+
+
+@test(env="metrics", fresh=True, timeout=90)
+def prometheus_scrapes_it_with_the_admin_key(e):
+    """Debian's Prometheus server scrapes the admin listener (bearer
+    authorization) and its query API returns what the gateway counted."""
+    prom = shutil.which("prometheus") or "/usr/bin/prometheus"
+    expect(os.access(prom, os.X_OK), "prometheus is not installed (./configure --install-deps)")
+    g = Gateway(e, "metrics-prometheus", {"admin": {"address": "127.0.0.1:0", "key": "adm-prom-key-1"}})
+    tmp = tempfile.mkdtemp(prefix="sluice-prom-")
+    p = None
+    try:
+        admin = g.listener("(admin)")
+        for _ in range(7):
+            with Conn(g.addr) as c:
+                c.send(build_request("POST", "/v1/chat/completions", chat_body(), AUTH))
+                expect(c.read_response().status == 200, "chat")
+        cfg = os.path.join(tmp, "prometheus.yml")
+        with open(cfg, "w") as f:
+            f.write(f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: sluice
+    authorization:
+      credentials: adm-prom-key-1
+    static_configs:
+      - targets: ["127.0.0.1:{admin[1]}"]
+""")
+        port = closed_port()
+        p = subprocess.Popen([prom, "--config.file=" + cfg, "--storage.tsdb.path=" + tmp + "/data",
+                              "--web.listen-address=127.0.0.1:%d" % port],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        q = ('sluice_requests_total{job="sluice",model="gpt-4o-mini",code="200"}')
+
+        def value():
+            try:
+                with Conn(("127.0.0.1", port)) as c:
+                    c.send(build_request("GET", "/api/v1/query?query=" + urllib.parse.quote(q)))
+                    r = c.read_response()
+                res = r.json()["data"]["result"] if r.status == 200 else []
+                return res[0]["value"][1] if res else None
+            except Exception:  # noqa: BLE001 - not up yet
+                return None
+        got = eventually(value, 30, 0.25, what="Prometheus to scrape the gateway")
+        expect(got == "7", f"Prometheus sees {got} requests, the gateway served 7")
+        with Conn(("127.0.0.1", port)) as c:
+            c.send(build_request("GET", "/api/v1/targets"))
+            t = c.read_response().json()["data"]["activeTargets"][0]
+        expect(t["health"] == "up" and not t["lastError"], f"scrape target: {t['health']} {t['lastError']}")
+    finally:
+        if p:
+            p.terminate()
+            p.wait(20)
+        shutil.rmtree(tmp, ignore_errors=True)
         g.stop()
 
 
