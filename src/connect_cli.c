@@ -2,7 +2,7 @@
  * connect_cli.c - `sluice connect`: points the user's local tools at a
  * gateway, like the installers of commercial gateways do.
  *
- *   sluice connect --url URL --key KEY [--write] [--home DIR] [TOOL ...]
+ *   sluice connect --url URL --key KEY [--write] [--check] [--home DIR] [TOOL ...]
  *
  * TOOLs: claude-code, aider, shell (the OpenAI and Anthropic SDKs,
  * LangChain, n8n and everything else that reads the usual environment
@@ -20,6 +20,10 @@
  *
  * A file is replaced whole (written beside it, fsync'ed, renamed), the old
  * one kept once as FILE.bak, and created 0600: it holds the key.
+ *
+ * --check asks the gateway for GET /v1/models with the key first (a
+ * blocking client: this is a command, not the gateway; https verified
+ * against the system's CAs, or SSL_CERT_FILE) and stops if that fails.
  */
 #include "sluice/connect.h"
 
@@ -28,10 +32,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 struct opts {
@@ -39,16 +50,18 @@ struct opts {
 	const char *key;
 	const char *home;
 	bool write;
+	bool check;
 };
 
 static void connect_usage(FILE *out)
 {
-	fputs("usage: sluice connect --url URL --key KEY [--write] [--home DIR] [TOOL ...]\n"
+	fputs("usage: sluice connect --url URL --key KEY [--write] [--check] [--home DIR] [TOOL ...]\n"
 	      "\n"
 	      "Points local tools at the gateway at URL (e.g. https://llm.example.com) with\n"
 	      "the client key KEY. TOOLs: claude-code, aider, shell, cursor, cline; without\n"
 	      "any, those found in the home directory, and shell. Without --write it only\n"
-	      "prints what it would change.\n",
+	      "prints what it would change. --check first asks the gateway for its models\n"
+	      "with the key, and stops if it cannot.\n",
 	      out);
 }
 
@@ -274,6 +287,150 @@ static int connect_editor(const struct opts *o, const char *tool)
 	return 0;
 }
 
+/* --- --check: GET /v1/models ------------------------------------------------ */
+
+/* Reads the response of a GET into buf (at most cap - 1 bytes, NUL-ended);
+ * its length, or -1. */
+static ssize_t read_all(int fd, SSL *ssl, char *buf, size_t cap)
+{
+	size_t len = 0;
+	while (len < cap - 1) {
+		int n = ssl ? SSL_read(ssl, buf + len, (int)(cap - 1 - len))
+		            : (int)read(fd, buf + len, cap - 1 - len);
+		if (n < 0 && !ssl && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	return len ? (ssize_t)len : -1;
+}
+
+static int check_gateway(const struct opts *o)
+{
+	bool tls = strncmp(o->url, "https://", 8) == 0;
+	const char *hostport = o->url + (tls ? 8 : 7);
+	char host[256], port[8] = "";
+	size_t hl = strcspn(hostport, "/");
+	const char *colon = hostport[0] == '[' ? strchr(hostport, ']') : hostport;
+	colon = colon ? memchr(colon, ':', hl - (size_t)(colon - hostport)) : NULL;
+	size_t name_len = colon ? (size_t)(colon - hostport) : hl;
+	if (name_len == 0 || name_len >= sizeof host) {
+		fprintf(stderr, "sluice connect: --check: no host in %s\n", o->url);
+		return 1;
+	}
+	memcpy(host, hostport, name_len);
+	host[name_len] = '\0';
+	if (host[0] == '[') { /* [v6] */
+		memmove(host, host + 1, name_len);
+		host[strcspn(host, "]")] = '\0';
+	}
+	snprintf(port, sizeof port, "%.*s", colon ? (int)(hl - name_len - 1) : 3,
+	         colon ? colon + 1 : (tls ? "443" : "80"));
+	const char *path = hostport + hl; /* a base path, if any: "" or "/prefix" */
+
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+	int gai = getaddrinfo(host, port, &hints, &ai);
+	if (gai) {
+		fprintf(stderr, "sluice connect: --check: %s: %s\n", host, gai_strerror(gai));
+		return 1;
+	}
+	int fd = -1;
+	for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0);
+		struct timeval tv = { .tv_sec = 10 };
+		if (fd >= 0) {
+			setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+			setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+		}
+		if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(ai);
+	if (fd < 0) {
+		fprintf(stderr, "sluice connect: --check: cannot connect to %s port %s: %s\n", host,
+		        port, strerror(errno));
+		return 1;
+	}
+	SSL_CTX *ctx = NULL;
+	SSL *ssl = NULL;
+	int status = 1;
+	if (tls) {
+		ctx = SSL_CTX_new(TLS_method());
+		if (!ctx)
+			goto out;
+		SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+		/* the gateway's own choice of bundle (tls.c), or SSL_CERT_FILE */
+		const char *ca = getenv("SSL_CERT_FILE");
+		if (SSL_CTX_load_verify_locations(ctx, ca ? ca : "/etc/ssl/certs/ca-certificates.crt",
+		                                  NULL) != 1)
+			ERR_clear_error(); /* then nothing verifies: the handshake says so */
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+		ssl = SSL_new(ctx);
+		if (!ssl)
+			goto out;
+		SSL_set_fd(ssl, fd);
+		unsigned char ip[16];
+		bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+		if (!is_ip)
+			SSL_set_tlsext_host_name(ssl, host);
+		if (!(is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host)
+		            : SSL_set1_host(ssl, host)))
+			goto out;
+		if (SSL_connect(ssl) != 1) {
+			char why[256];
+			ERR_error_string_n(ERR_get_error(), why, sizeof why);
+			long v = SSL_get_verify_result(ssl);
+			bool verify = v != X509_V_OK && v != X509_V_ERR_INVALID_CALL;
+			fprintf(stderr, "sluice connect: --check: TLS to %s: %s\n", host,
+			        verify ? X509_verify_cert_error_string(v) : why);
+			goto out;
+		}
+	}
+	char req[4096];
+	int n = snprintf(req, sizeof req,
+	                 "GET %s/v1/models HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+	                 "User-Agent: sluice-connect\r\nConnection: close\r\n\r\n",
+	                 path, host, o->key);
+	if (n < 0 || (size_t)n >= sizeof req ||
+	    (ssl ? SSL_write(ssl, req, n) != n : write(fd, req, (size_t)n) != n)) {
+		fprintf(stderr, "sluice connect: --check: cannot send the request\n");
+		goto out;
+	}
+	static char resp[1 << 20];
+	if (read_all(fd, ssl, resp, sizeof resp) < 0 || strncmp(resp, "HTTP/1.", 7) != 0) {
+		fprintf(stderr, "sluice connect: --check: no HTTP answer from %s\n", o->url);
+		goto out;
+	}
+	int code = atoi(resp + 9);
+	const char *body = strstr(resp, "\r\n\r\n");
+	if (code != 200) {
+		fprintf(stderr, "sluice connect: --check: the gateway answered %d%s%.300s\n", code,
+		        body ? ": " : "", body ? body + 4 : "");
+		goto out;
+	}
+	json_error_t err;
+	json_t *j = body ? json_loads(body + 4, JSON_DISABLE_EOF_CHECK, &err) : NULL;
+	json_t *data = j ? json_object_get(j, "data") : NULL;
+	if (!json_is_array(data)) {
+		fprintf(stderr, "sluice connect: --check: 200 without a model list (chunked? "
+		                "not a gateway?)\n");
+		json_decref(j);
+		goto out;
+	}
+	printf("check: %s accepts the key: %zu models\n", o->url, json_array_size(data));
+	json_decref(j);
+	status = 0;
+out:
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	return status;
+}
+
 /* The key and the URL go into shell quotes, YAML quotes and JSON: refuse
  * what any of them would need escaped. */
 static bool plain(const char *s)
@@ -299,6 +456,8 @@ int sl_connect_main(int argc, char **argv)
 			o.home = argv[++i];
 		} else if (strcmp(a, "--write") == 0) {
 			o.write = true;
+		} else if (strcmp(a, "--check") == 0) {
+			o.check = true;
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
 			connect_usage(stdout);
 			return 0;
@@ -331,6 +490,8 @@ int sl_connect_main(int argc, char **argv)
 	url[ul] = '\0';
 	o.url = url;
 
+	if (o.check && check_gateway(&o) != 0)
+		return 1; /* nothing written for a gateway that does not take the key */
 	if (num_tools == 0) {
 		char p[4096];
 		snprintf(p, sizeof p, "%s/.claude", o.home);

@@ -12,8 +12,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, chat_body, env, expect,  # noqa: E402
-                     main, messages_body, test)
+from harness import (ANTHROPIC_VERSION, CLIENT_KEY, GATEWAY_BIN, Gateway, chat_body,  # noqa: E402
+                     closed_port, env, expect, main, messages_body, test, tls_certs)
 
 env("default")
 
@@ -97,6 +97,50 @@ curl -sS -o /dev/null -w '%{{http_code}}' "$ANTHROPIC_BASE_URL/v1/messages" \\
                        capture_output=True, text=True, timeout=30)
     expect(r.stdout == "200", f"curl as Claude Code would: {r.stdout!r} {r.stderr}")
     subprocess.run(["rm", "-rf", home])
+
+
+@test
+def check_asks_the_gateway_first(e):
+    home = tempfile.mkdtemp(prefix="sluice-home-")
+    url = "http://%s:%d" % e.addr
+    p = connect(home, "--url", url, "--key", CLIENT_KEY, "--check", "shell")
+    expect(p.returncode == 0 and f"check: {url} accepts the key: 3 models" in p.stdout,
+           f"check with the key: {p.returncode} {p.stdout} {p.stderr}")
+    p = connect(home, "--url", url, "--key", "sk-not-a-key", "--check", "--write", "shell")
+    expect(p.returncode == 1 and "answered 401" in p.stderr and "authentication_error" in p.stderr,
+           f"check with a wrong key: {p.returncode} {p.stderr}")
+    expect(os.listdir(home) == [], "a failed check wrote files")
+    p = connect(home, "--url", "http://127.0.0.1:%d" % closed_port(), "--key", "k", "--check")
+    expect(p.returncode == 1 and "cannot connect" in p.stderr, f"nothing listening: {p.stderr}")
+    subprocess.run(["rm", "-rf", home])
+
+
+env("connect_tls", gateway=False)
+
+
+@test(env="connect_tls", fresh=True, timeout=60)
+def check_over_verified_https(e):
+    certs = tls_certs()
+    g = Gateway(e, "connect-tls", {"listen": [
+        {"address": "127.0.0.1:0"},
+        {"address": "127.0.0.1:0", "tls": {"cert": certs["localhost"]["cert"],
+                                           "key": certs["localhost"]["key"]}}]})
+    home = tempfile.mkdtemp(prefix="sluice-home-")
+    try:
+        url = "https://localhost:%d" % g.listener("(tls)")[1]
+        trusted = dict(os.environ, SSL_CERT_FILE=certs["ca"]["cert"])
+        p = subprocess.run([GATEWAY_BIN, "connect", "--home", home, "--url", url, "--key", CLIENT_KEY,
+                            "--check", "shell"], capture_output=True, text=True, timeout=20, env=trusted)
+        expect(p.returncode == 0 and "accepts the key: 3 models" in p.stdout,
+               f"https check: {p.returncode} {p.stdout} {p.stderr}")
+        # the certificate is not trusted without the test CA
+        p = subprocess.run([GATEWAY_BIN, "connect", "--home", home, "--url", url, "--key", CLIENT_KEY,
+                            "--check", "shell"], capture_output=True, text=True, timeout=20,
+                           env=dict(os.environ, SSL_CERT_FILE="/dev/null"))
+        expect(p.returncode == 1 and "TLS to localhost" in p.stderr, f"untrusted: {p.stderr}")
+    finally:
+        subprocess.run(["rm", "-rf", home])
+        g.stop()
 
 
 @test
