@@ -127,18 +127,7 @@ void sl_alog_finish(struct sl_alog *a)
 {
 	if (!a->buf[0])
 		return;
-	const char *p = a->buf[a->active];
-	size_t left = a->len[a->active];
-	while (left) {
-		ssize_t n = write(a->fd, p, left);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			SL_METRIC_INC(a->write_errors);
-			break;
-		}
-		p += n;
-		left -= (size_t)n;
-	}
+	if (a->len[a->active] && sl_write_all(a->fd, a->buf[a->active], a->len[a->active]) != 0)
+		SL_METRIC_INC(a->write_errors);
 	a->len[a->active] = 0;
 }

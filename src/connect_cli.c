@@ -79,18 +79,11 @@ static int replace_file(const char *path, const char *text, size_t len)
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
-	size_t off = 0;
-	while (off < len) {
-		ssize_t n = write(fd, text + off, len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			int e = errno;
-			close(fd);
-			unlink(tmp);
-			return -e;
-		}
-		off += (size_t)n;
+	int rc = sl_write_all(fd, text, len);
+	if (rc) {
+		close(fd);
+		unlink(tmp);
+		return rc;
 	}
 	if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
 		int e = errno;
@@ -209,41 +202,17 @@ static int yaml_set(char **text, size_t *len, const char *name, const char *valu
 	return 0;
 }
 
-static int read_whole(const char *path, char **out, size_t *out_len)
-{
-	*out = NULL;
-	*out_len = 0;
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return errno == ENOENT ? 0 : -errno;
-	size_t cap = 4096, len = 0;
-	char *b = malloc(cap);
-	while (b) {
-		size_t n = fread(b + len, 1, cap - len, f);
-		len += n;
-		if (len < cap)
-			break;
-		char *nb = realloc(b, cap *= 2);
-		if (!nb)
-			free(b);
-		b = nb;
-	}
-	fclose(f);
-	if (!b)
-		return -ENOMEM;
-	*out = b;
-	*out_len = len;
-	return 0;
-}
-
 static int connect_aider(const struct opts *o)
 {
 	char path[4096], base[4096];
 	snprintf(path, sizeof path, "%s/.aider.conf.yml", o->home);
 	snprintf(base, sizeof base, "%s/v1", o->url);
-	char *text;
-	size_t len;
-	int rc = read_whole(path, &text, &len);
+	uint8_t *bytes = NULL;
+	size_t len = 0;
+	int rc = sl_read_file_at(AT_FDCWD, path, 1 << 20, &bytes, &len);
+	if (rc == -ENOENT)
+		rc = 0; /* a new file */
+	char *text = (char *)bytes;
 	if (rc == 0)
 		rc = yaml_set(&text, &len, "openai-api-base", base);
 	if (rc == 0)

@@ -1279,44 +1279,6 @@ int sl_limiter_save(struct sl_limiter *l, int dir_fd, const char *(*slot_id)(voi
 	return rc;
 }
 
-/* Reads the whole state file into a malloc'd buffer. */
-static int state_read(int dir_fd, uint8_t **out, size_t *out_len)
-{
-	int fd = openat(dir_fd, SL_LIMITER_STATE_NAME, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		int rc = -errno;
-		close(fd);
-		return rc;
-	}
-	size_t cap = (size_t)st.st_size, len = 0;
-	uint8_t *buf = malloc(cap + 1);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	while (len < cap) {
-		ssize_t n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int rc = -errno;
-			free(buf);
-			close(fd);
-			return rc;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	close(fd);
-	*out = buf;
-	*out_len = len;
-	return 0;
-}
-
 /* Parses the tab-separated decimal fields of text (NUL-terminated) after the
  * first tab-terminated field, which is copied to first (first_len_max bytes
  * max). Signed fields where is_signed[i]. Returns false on any deviation. */
@@ -1404,7 +1366,7 @@ static int state_load(int dir_fd, void (*cb)(void *ctx, const struct state_recor
 {
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	int rc = state_read(dir_fd, &buf, &len);
+	int rc = sl_read_file_at(dir_fd, SL_LIMITER_STATE_NAME, 0, &buf, &len);
 	if (rc < 0)
 		return rc;
 	rc = state_walk(buf, len, hdr, NULL, NULL);

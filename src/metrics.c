@@ -301,9 +301,8 @@ size_t sl_metrics_render(struct sl_reactor *rs, uint32_t n, char *out, size_t ca
 	return o.overflow ? 0 : o.len;
 }
 
-size_t sl_metrics_render_cap(uint32_t num_models, uint32_t num_providers)
+size_t sl_metrics_render_cap(uint32_t num_models)
 {
-	(void)num_providers;
 	/* fixed families and 500 possible local statuses, then per model: 15
 	 * codes, 4 token kinds, cost, estimated, retried, 14 histogram lines;
 	 * a line is at most ~90 bytes plus a 250-byte label */

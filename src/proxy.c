@@ -711,8 +711,7 @@ static void respond_metrics(struct sl_reactor *r, struct sl_conn *c, bool head_o
 {
 	const struct sl_config *cfg = r->config;
 	size_t cap;
-	char *body = sl_bufpool_get(&r->mem, sl_metrics_render_cap(cfg->num_models,
-	                                                           cfg->num_providers), &cap);
+	char *body = sl_bufpool_get(&r->mem, sl_metrics_render_cap(cfg->num_models), &cap);
 	if (!body) {
 		respond_error(r, c, 503, NULL, "The gateway is out of memory for metrics; retry",
 		              "Retry-After: 1\r\n", false);
@@ -765,7 +764,6 @@ static void serve_local(struct sl_reactor *r, struct sl_conn *c, const struct sl
 	}
 }
 
-static const struct sockaddr *client_peer(struct sl_conn *c);
 static void usage_feed(const struct sl_conn *u, struct sl_conn *c, const char *data, size_t len);
 
 /* Appends the exchange's usage record, once, if its model was known: every
@@ -899,7 +897,7 @@ static void client_exchange_done(struct sl_reactor *r, struct sl_conn *c)
 	usage_log_record(r, c, false);
 	limits_finish(r, c);
 	if (c->state == SL_CLIENT_EXCHANGE)
-		SL_METRIC_ADD(r->num_exchanges, -1u);
+		SL_METRIC_DEC(r->num_exchanges);
 	c->state = SL_CLIENT_FLUSH;
 	if (c->timer.queue != &r->send_q)
 		sl_timer_cancel(&c->timer);
@@ -3264,8 +3262,8 @@ void sl_proxy_on_release(struct sl_reactor *r, struct sl_conn *c)
 {
 	if (c->kind == SL_CONN_CLIENT) {
 		if (c->state == SL_CLIENT_EXCHANGE)
-			SL_METRIC_ADD(r->num_exchanges, -1u);
-		SL_METRIC_ADD(r->num_clients, -1u);
+			SL_METRIC_DEC(r->num_exchanges);
+		SL_METRIC_DEC(r->num_clients);
 		attempt_end(r, c);
 		usage_log_record(r, c, true);
 		access_log_line(r, c);

@@ -23,6 +23,7 @@
 
 #define SL_METRIC_ADD(x, v) __atomic_store_n(&(x), (x) + (v), __ATOMIC_RELAXED)
 #define SL_METRIC_INC(x) SL_METRIC_ADD(x, 1)
+#define SL_METRIC_DEC(x) __atomic_store_n(&(x), (x) - 1, __ATOMIC_RELAXED)
 #define SL_METRIC_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* The statuses a routed request is counted under (its "code" label);
@@ -69,6 +70,6 @@ struct sl_reactor;
 size_t sl_metrics_render(struct sl_reactor *reactors, uint32_t n, char *out, size_t cap);
 
 /* A cap that sl_metrics_render never exceeds for this config. */
-size_t sl_metrics_render_cap(uint32_t num_models, uint32_t num_providers);
+size_t sl_metrics_render_cap(uint32_t num_models);
 
 #endif
